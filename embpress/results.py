@@ -1,0 +1,167 @@
+"""Run folders: ``results/<run-id>/`` with run.json (provenance), cells.jsonl (each finished cell,
+appended as it finishes), results.parquet and results.csv (written at the end).
+
+A run never overwrites another: the folder is created exclusively, with a suffix on collision.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import settings
+from .embed import library_versions
+
+#: Columns every result table has, in this order (further columns follow).
+COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "dim", "out_dim",
+           "bytes_per_vector", "overhead_bytes", "compression_ratio",
+           "ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman",
+           "knn_recall_at_10", "knn_recall_at_100", "main_metric", "quality", "baseline_quality",
+           "retained_pct", "fit_s", "encode_vps", "search_qps", "calibration", "n_train",
+           "n_vectors", "n_queries", "warnings", "error"]
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=settings.PROJECT_ROOT, capture_output=True,
+                                 text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None,
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "memory_gib": mem}
+
+
+def new_run_dir(base: Path | None = None, label: str | None = None) -> Path:
+    base = base or settings.results_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    commit = (git_state()["commit"] or "nogit")[:7]
+    stem = time.strftime("%Y%m%d-%H%M%S") + f"-{commit}" + (f"-{label}" if label else "")
+    for i in range(1000):
+        path = base / (stem if i == 0 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {base}")
+
+
+class RunWriter:
+    """Writes a run's files; every finished cell is on disk before the next one starts."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]):
+        self.dir = run_dir
+        self.cells_path = run_dir / "cells.jsonl"
+        self.started = time.time()
+        self.meta: dict[str, Any] = {
+            "run_id": run_dir.name, "status": "running",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "git": git_state(), "versions": library_versions(), "machine": machine_info(),
+            "config": config, "models": {}, "datasets": {},
+        }
+        self.write_meta()
+
+    def write_meta(self) -> None:
+        tmp = self.dir / "run.json.part"
+        tmp.write_text(json.dumps(self.meta, indent=2, default=str))
+        tmp.replace(self.dir / "run.json")
+
+    def add_cell(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, default=_jsonable) + "\n"
+        with open(self.cells_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.cells_path.is_file():
+            return []
+        return [json.loads(l) for l in self.cells_path.read_text().splitlines() if l.strip()]
+
+    def finish(self, status: str = "finished") -> pd.DataFrame:
+        df = to_frame(self.rows())
+        df.to_parquet(self.dir / "results.parquet", index=False)
+        df.to_csv(self.dir / "results.csv", index=False)
+        self.meta.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         seconds=round(time.time() - self.started, 2),
+                         cells={s: int(n) for s, n in df["status"].value_counts().items()} if len(df) else {})
+        self.write_meta()
+        return df
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = None
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    path = Path(path)
+    meta = json.loads((path / "run.json").read_text())
+    if (path / "results.parquet").is_file():
+        return pd.read_parquet(path / "results.parquet"), meta
+    return to_frame([json.loads(l) for l in (path / "cells.jsonl").read_text().splitlines() if l.strip()]), meta
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """The console table: one block per dataset and model."""
+    cols = ["compressor", "bytes_per_vector", "compression_ratio", "ndcg_at_10", "recall_at_100",
+            "mrr_at_10", "spearman", "knn_recall_at_10", "retained_pct", "fit_s", "encode_vps",
+            "search_qps", "status"]
+    short = {"bytes_per_vector": "B/vec", "compression_ratio": "ratio", "ndcg_at_10": "nDCG@10",
+             "recall_at_100": "R@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
+             "knn_recall_at_10": "kNN-R@10", "retained_pct": "retained%", "fit_s": "fit s",
+             "encode_vps": "enc vec/s", "search_qps": "search q/s"}
+    blocks = []
+    for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
+        g = group[[c for c in cols if c in group and group[c].notna().any()]].rename(columns=short)
+        blocks.append(f"== {dataset} · {model} ==\n" + g.to_string(index=False, float_format=_fmt))
+    return "\n\n".join(blocks)
+
+
+def _fmt(x: float) -> str:
+    if x != x:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 100:
+        return f"{x:.1f}"
+    return f"{x:.2f}"

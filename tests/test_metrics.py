@@ -1,0 +1,67 @@
+"""Our retrieval metrics equal pytrec_eval's (the library MTEB uses) on real rankings."""
+import numpy as np
+import pytest
+import pytrec_eval
+
+from compressors import parse_spec
+from compressors.base import knn_inner_product
+from embpress.data import load_dataset
+from embpress.metrics import METRICS, knn_recall, retrieval_scores, sts_spearman
+
+
+@pytest.mark.parametrize("spec", ["F32", "PQ16x8"])
+def test_retrieval_metrics_equal_pytrec_eval(spec, scifact_sample, corpus_vectors, query_vectors):
+    ds, _ = scifact_sample
+    pipe = parse_spec(spec).fit(corpus_vectors)
+    scores, ids = pipe.search(pipe.encode(corpus_vectors), query_vectors, 100)
+    ranked = [[ds.corpus_ids[j] for j in row] for row in ids]
+    ours = retrieval_scores(ranked, ds.query_ids, ds.qrels)
+    # pytrec_eval ranks by score; give it strictly decreasing scores in our order so ties cannot differ
+    run = {q: {d: float(100 - r) for r, d in enumerate(docs)} for q, docs in zip(ds.query_ids, ranked)}
+    run10 = {q: {d: s for d, s in docs.items() if s > 90} for q, docs in run.items()}
+    ev = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "recall.100"})
+    ev_rr = pytrec_eval.RelevanceEvaluator(ds.qrels, {"recip_rank"})
+    ref, ref_rr = ev.evaluate(run), ev_rr.evaluate(run10)
+    for i, q in enumerate(ds.query_ids):
+        assert ours["ndcg_at_10"][i] == pytest.approx(100 * ref[q]["ndcg_cut_10"], abs=1e-9)
+        assert ours["recall_at_100"][i] == pytest.approx(100 * ref[q]["recall_100"], abs=1e-9)
+        assert ours["mrr_at_10"][i] == pytest.approx(100 * ref_rr[q]["recip_rank"], abs=1e-9)
+    assert 0 < ours["ndcg_at_10"].mean() < 100
+
+
+def test_graded_relevance_matches_pytrec_eval():
+    ds = load_dataset("nfcorpus", max_queries=15)
+    rng = np.random.default_rng(0)
+    ranked = []
+    for q in ds.query_ids:
+        judged = list(ds.qrels[q])
+        others = [d for d in ds.corpus_ids[:300] if d not in ds.qrels[q]]
+        docs = judged[: len(judged) // 2] + others[:100]
+        rng.shuffle(docs)
+        ranked.append(docs[:100])
+    ours = retrieval_scores(ranked, ds.query_ids, ds.qrels)
+    run = {q: {d: float(1000 - r) for r, d in enumerate(docs)} for q, docs in zip(ds.query_ids, ranked)}
+    ref = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    for i, q in enumerate(ds.query_ids):
+        assert ours["ndcg_at_10"][i] == pytest.approx(100 * ref[q]["ndcg_cut_10"], abs=1e-9)
+        assert ours["recall_at_100"][i] == pytest.approx(100 * ref[q]["recall_100"], abs=1e-9)
+
+
+def test_knn_recall_and_spearman():
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[2, 1, 9, 9], [5, 6, 7, 8]])
+    assert knn_recall(found, exact, 2).tolist() == [1.0, 1.0]
+    assert knn_recall(found, exact, 4).tolist() == [0.5, 1.0]
+    assert sts_spearman(np.array([1, 2, 3.0]), np.array([10, 20, 30.0])) == pytest.approx(100)
+    assert sts_spearman(np.array([3, 2, 1.0]), np.array([10, 20, 30.0])) == pytest.approx(-100)
+
+
+def test_metric_registry_knows_directions():
+    assert METRICS["ndcg_at_10"].higher_is_better and not METRICS["bytes_per_vector"].higher_is_better
+    assert not METRICS["fit_s"].higher_is_better and METRICS["search_qps"].higher_is_better
+
+
+def test_exact_search_is_exact(corpus_vectors, query_vectors):
+    _, ids = knn_inner_product(query_vectors, corpus_vectors, 5)
+    brute = np.argsort(-(query_vectors @ corpus_vectors.T), axis=1)[:, :5]
+    assert (ids == brute).mean() > 0.99
