@@ -96,6 +96,10 @@ class Stage:
     def fit_warnings(self) -> list[str]:
         return list(getattr(self, "fit_warnings_", []))
 
+    def info(self) -> dict[str, Any]:
+        """Extra figures for the result row after fitting (e.g. explained variance, collision rate)."""
+        return {}
+
     def to_spec(self) -> str:
         from .spec import format_stage
         return format_stage(self)
@@ -301,3 +305,9 @@ class Pipeline:
     @property
     def fit_warnings(self) -> list[str]:
         return [w for s in self.stages for w in s.fit_warnings]
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for s in self.stages:
+            out.update(s.info())
+        return out

@@ -40,6 +40,9 @@ class PCA(Transform):
         self.n_train_ = X.shape[0]
         return self
 
+    def info(self) -> dict:
+        return {"explained_variance": self.explained_variance_ratio_} if hasattr(self, "components_") else {}
+
     @property
     def overhead_bytes(self) -> int:
         return 0 if not hasattr(self, "components_") else self.components_.nbytes + self.mean_.nbytes

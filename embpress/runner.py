@@ -153,7 +153,7 @@ def evaluate_cell(pipe: Pipeline, ds, truth: Truth, k: int) -> dict[str, Any]:
         return row
     row.update(out_dim=pipe.output_dim(truth.dim), bytes_per_vector=pipe.bytes_per_vector(),
                overhead_bytes=int(pipe.overhead_bytes), n_train=pipe.n_train or len(calib),
-               warnings="; ".join(pipe.fit_warnings) or None)
+               warnings="; ".join(pipe.fit_warnings) or None, **pipe.info())
     row["compression_ratio"] = 4 * truth.dim / row["bytes_per_vector"]
     t0 = time.perf_counter()
     codes = pipe.encode(stored)

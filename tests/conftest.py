@@ -18,7 +18,9 @@ def _environment(tmp_path_factory):
     base = tmp_path_factory.mktemp("embpress")
     saved = {k: os.environ.get(k) for k in ("EMBPRESS_CACHE", "EMBPRESS_MIRROR", "EMBPRESS_RESULTS",
                                             "EMBPRESS_REPORTS", "HF_HUB_OFFLINE")}
-    os.environ.update(EMBPRESS_CACHE=str(base / "cache"), EMBPRESS_MIRROR=str(MIRROR),
+    # EMBPRESS_TEST_CACHE reuses embeddings between test sessions while developing; CI starts empty.
+    cache = os.environ.get("EMBPRESS_TEST_CACHE") or str(base / "cache")
+    os.environ.update(EMBPRESS_CACHE=cache, EMBPRESS_MIRROR=str(MIRROR),
                       EMBPRESS_RESULTS=str(base / "results"), EMBPRESS_REPORTS=str(base / "reports"),
                       HF_HUB_OFFLINE="1")
     yield base

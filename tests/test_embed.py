@@ -56,6 +56,8 @@ def test_cache_key_separates_settings(minilm):
 
 def test_corrupt_cache_file_is_reported(minilm):
     texts, ids = ["corruption test one", "corruption test two"], ["1", "2"]
+    for path in E.entry_paths(E.cache_key(minilm, "corrupt", "test", "corpus", texts)):
+        path.unlink(missing_ok=True)
     E.embed(minilm, "corrupt", "test", "corpus", texts, ids, progress=False)
     npy, _ = E.entry_paths(E.cache_key(minilm, "corrupt", "test", "corpus", texts))
     raw = bytearray(npy.read_bytes())
