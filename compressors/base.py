@@ -108,6 +108,13 @@ class Stage:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    # ---- pickling (the fitted-compressor cache stores fitted stages) ---------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: _faiss_to_blob(v) for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({k: _blob_to_faiss(v) for k, v in state.items()})
+
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.get_params() == other.get_params()
 
@@ -139,6 +146,12 @@ class Transform(Stage):
 class Codec(Stage):
     kind = "codec"
 
+    @property
+    def stores_rescoring_copy(self) -> bool:
+        """True when each code row deliberately carries a higher-precision copy of the vector
+        for re-ranking (e.g. ``BIN:rescore=4``), so storing more than float32 is intended."""
+        return False
+
     def code_size(self, dim: int) -> int:
         """Bytes stored per vector for ``dim``-dimensional input (codes plus per-vector extras)."""
         raise NotImplementedError
@@ -158,6 +171,39 @@ class Codec(Stage):
         return knn_inner_product(Q, self.decode(codes), k)
 
 
+class _FaissBlob:
+    """A FAISS object serialised with FAISS's own writer (SWIG objects do not pickle)."""
+
+    def __init__(self, kind: str, data: np.ndarray):
+        self.kind, self.data = kind, data
+
+
+def _faiss_to_blob(value: Any) -> Any:
+    if isinstance(value, faiss.Index):
+        return _FaissBlob("index", faiss.serialize_index(value))
+    if isinstance(value, faiss.IndexBinary):
+        return _FaissBlob("binary", faiss.serialize_index_binary(value))
+    if isinstance(value, faiss.VectorTransform):
+        # FAISS serialises transforms only inside an index: wrap, serialise, unwrap on load.
+        wrapper = faiss.IndexPreTransform(value, faiss.IndexFlatL2(value.d_out))
+        return _FaissBlob("transform", faiss.serialize_index(wrapper))
+    return value
+
+
+def _blob_to_faiss(value: Any) -> Any:
+    if not isinstance(value, _FaissBlob):
+        return value
+    if value.kind == "index":
+        return faiss.deserialize_index(value.data)
+    if value.kind == "binary":
+        return faiss.deserialize_index_binary(value.data)
+    wrapper = faiss.deserialize_index(value.data)
+    wrapper.own_fields = False          # the transform outlives its wrapper
+    transform = faiss.downcast_VectorTransform(wrapper.chain.at(0))
+    wrapper.chain.clear()
+    return transform
+
+
 def knn_inner_product(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product (FAISS's brute-force kernel); returns (scores, ids)."""
     Q = np.ascontiguousarray(Q, dtype=np.float32)
@@ -165,6 +211,81 @@ def knn_inner_product(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray,
     k = min(k, X.shape[0])
     scores, ids = faiss.knn(Q, X, k, metric=faiss.METRIC_INNER_PRODUCT)
     return scores, ids
+
+
+def hamming_knn(codes: np.ndarray, query_codes: np.ndarray, k: int, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by Hamming distance between packed bit codes (FAISS's ``IndexBinaryFlat``).
+
+    Scores are the cosine of the ±1 vectors, ``1 - 2·hamming/nbits`` (``nbits``: the meaningful
+    bits per code; padding bits are zero on both sides and never differ)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.add(codes)
+    hamming, ids = index.search(np.ascontiguousarray(query_codes, dtype=np.uint8), min(k, codes.shape[0]))
+    return 1.0 - 2.0 * hamming.astype(np.float32) / nbits, ids
+
+
+#: FAISS's k-means asks for at least this many training points per centroid.
+FAISS_MIN_POINTS_PER_CENTROID = 39
+
+
+def kmeans_warnings(n: int, k: int) -> list[str]:
+    """FAISS's "too few training points" warning for k-means of n points into k centroids.
+
+    FAISS prints it to stderr; stages set ``cp.min_points_per_centroid = 1`` to silence it and
+    record this line in ``fit_warnings_`` instead, so it reaches the result row."""
+    if n >= FAISS_MIN_POINTS_PER_CENTROID * k:
+        return []
+    return [f"FAISS: clustering {n} points to {k} centroids: please provide at least "
+            f"{FAISS_MIN_POINTS_PER_CENTROID * k} training points"]
+
+
+class FaissCodec(Codec):
+    """A codec whose fitted state is a trained FAISS index ``index_``, used through FAISS's
+    standalone-codec API: codes straight from ``sa_encode``, ``sa_decode`` to decode, and search
+    by an empty clone of the trained index that takes the stored codes (``add_sa_codes``).
+
+    ``pretransform_`` (optional) is a FAISS ``VectorTransform`` applied before the index, as in
+    FAISS's ``IndexPreTransform`` (which cannot take codes: it has no ``add_sa_codes``)."""
+
+    pretransform_ = None
+
+    def _pre(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        return X if self.pretransform_ is None else self.pretransform_.apply(X)
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        return self.index_.sa_encode(self._pre(X))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        Z = self.index_.sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))
+        return Z if self.pretransform_ is None else self.pretransform_.reverse_transform(Z)
+
+    def search(self, codes, Q, k):
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        index = faiss.clone_index(self.index_)   # trained, holds no vectors: only codebooks are copied
+        index.add_sa_codes(codes)
+        return index.search(self._pre(Q), min(k, codes.shape[0]))
+
+
+def index_dtype(dim: int, what: str) -> np.dtype:
+    """The narrowest unsigned integer that stores a dimension index of ``dim``-d vectors."""
+    if dim <= 1 << 8:
+        return np.dtype(np.uint8)
+    if dim <= 1 << 16:
+        return np.dtype("<u2")
+    raise SpecError(f"{what} stores dimension indices in at most 16 bits; {dim} dimensions are too many")
+
+
+def row_space_isometry(M: np.ndarray) -> np.ndarray:
+    """A (d, k) matrix V with orthonormal columns spanning the row space of the (k, d) map M:
+    the polar factor of Mᵀ (V = W Uᵀ for M = U S Wᵀ).
+
+    Decoding reduced vectors z = Mx as V z keeps their inner products exactly (VᵀV = I), so
+    similarity on decoded vectors is the similarity of the reduced vectors themselves, as
+    when a user compares randomly projected or hashed vectors directly."""
+    U, _, Wt = np.linalg.svd(np.asarray(M, dtype=np.float64), full_matrices=False)
+    return (Wt.T @ U.T).astype(np.float32)
 
 
 def as_float32_matrix(X: np.ndarray, what: str = "vectors") -> np.ndarray:
@@ -232,7 +353,7 @@ class Pipeline:
             stage.check_dim(d)
             if stage.kind == "transform":
                 d = stage.output_dim(d)  # type: ignore[attr-defined]
-        if self.codec.code_size(d) > 4 * dim:
+        if self.codec.code_size(d) > 4 * dim and not self.codec.stores_rescoring_copy:
             raise SpecError(f"{self.to_spec()} stores {self.codec.code_size(d)} bytes per vector, "
                             f"more than float32 ({4 * dim} bytes for {dim} dims)")
 

@@ -1,4 +1,4 @@
-"""Floating-point storage: float32 (the uncompressed baseline) and float16."""
+"""Floating-point storage: float32 (the uncompressed baseline), float16 and bfloat16."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,3 +52,35 @@ class Float16(Codec):
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes, dtype=np.uint8).view(np.float16).astype(np.float32)
+
+
+@register
+class BFloat16(Codec):
+    """bfloat16: the upper 16 bits of float32 (8-bit exponent, 7-bit mantissa), 2 bytes per dimension.
+
+    numpy has no bfloat16, so the rounding is done on the float32 bit pattern: add 0x7FFF plus
+    the lowest kept bit and drop the low 16 bits (round to nearest, ties to even), as
+    ``torch.bfloat16`` does; NaN stays a quiet NaN. Codes are the 16-bit patterns, little endian.
+    """
+
+    spec_format = "BF16"
+    family = "bfloat16"
+    summary = "bfloat16 (upper half of float32, round to nearest even), 2 bytes per dimension"
+
+    def __init__(self):
+        pass
+
+    def code_size(self, dim: int) -> int:
+        return 2 * dim
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        bits = np.ascontiguousarray(X, dtype=np.float32).view(np.uint32)
+        rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+        nan = np.isnan(np.asarray(X, dtype=np.float32))
+        high = np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x0040), rounded)
+        out = high.astype("<u2")
+        return out.view(np.uint8).reshape(out.shape[0], -1)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        high = np.ascontiguousarray(codes, dtype=np.uint8).view("<u2").astype(np.uint32)
+        return (high << np.uint32(16)).view(np.float32)

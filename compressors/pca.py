@@ -1,4 +1,17 @@
-"""PCA: project onto the top principal components of the calibration vectors (scikit-learn)."""
+"""PCA: project onto the top principal components of the calibration vectors (scikit-learn).
+
+``whiten=true`` (``PCA128:whiten=true``) divides each component by its standard deviation on
+the calibration vectors, so every stored dimension has unit variance: codecs that share one
+codebook or one distance across dimensions (PQ, lattice, binary-style codes) then spend their
+precision evenly instead of on the first components. Whitening is a change of coordinates for
+the codec only, not a new similarity: queries are mapped with the inverse scaling (``P q``
+*multiplied* by the standard deviations) and decoding multiplies back before projecting, so
+search ranks by the inner product of the query with the reconstruction in the original space,
+exactly as unwhitened PCA does. With F32 storage the ranking equals ``PCA<d>``'s; scalar
+quantizers with per-dimension ranges (SQ) are invariant to the scaling too. "Whitened-space
+similarity" (BERT-whitening, which changes the ranking) is not what is measured. The stored
+scale vector is counted in ``overhead_bytes``.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -12,11 +25,12 @@ from .registry import register
 class PCA(Transform):
     spec_format = "PCA{n_components}"
     family = "pca"
-    summary = "principal component projection to n dimensions"
+    summary = "principal component projection to n dimensions (:whiten=true scales components to unit variance)"
 
-    def __init__(self, n_components: int = 128, seed: int = 0):
+    def __init__(self, n_components: int = 128, seed: int = 0, whiten: bool = False):
         self.n_components = n_components
         self.seed = seed
+        self.whiten = whiten
         self._check_params()
 
     def _check_params(self) -> None:
@@ -37,6 +51,10 @@ class PCA(Transform):
         self.components_ = pca.components_.astype(np.float32)
         self.mean_ = pca.mean_.astype(np.float32)
         self.explained_variance_ratio_ = float(pca.explained_variance_ratio_.sum())
+        if self.whiten:
+            std = np.sqrt(pca.explained_variance_)
+            # a component without variance (more components than the data's rank) is left unscaled
+            self.scale_ = np.where(std > 1e-6 * std.max(), std, 1.0).astype(np.float32)
         self.n_train_ = X.shape[0]
         return self
 
@@ -45,15 +63,21 @@ class PCA(Transform):
 
     @property
     def overhead_bytes(self) -> int:
-        return 0 if not hasattr(self, "components_") else self.components_.nbytes + self.mean_.nbytes
+        if not hasattr(self, "components_"):
+            return 0
+        return self.components_.nbytes + self.mean_.nbytes + (self.scale_.nbytes if self.whiten else 0)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return (X - self.mean_) @ self.components_.T
+        Z = (X - self.mean_) @ self.components_.T
+        return Z / self.scale_ if self.whiten else Z
 
     def transform_query(self, Q: np.ndarray) -> np.ndarray:
-        # q·x̂ = q·mean + (Pq)·z: the first term is constant per query, so ranking by (Pq)·z
-        # is ranking by the inner product with the reconstruction.
-        return Q @ self.components_.T
+        # q·x̂ = q·mean + (Pq)·(s∘z): the first term is constant per query, so ranking by
+        # (s∘Pq)·z is ranking by the inner product with the reconstruction (s = 1 unwhitened).
+        Z = Q @ self.components_.T
+        return Z * self.scale_ if self.whiten else Z
 
     def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
+        if self.whiten:
+            Z = Z * self.scale_
         return Z @ self.components_ + self.mean_

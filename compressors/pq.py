@@ -8,15 +8,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from .base import Codec, SpecError
+from .base import FaissCodec, SpecError, kmeans_warnings
 from .registry import register
-
-#: FAISS's k-means asks for at least this many training points per centroid.
-FAISS_MIN_POINTS_PER_CENTROID = 39
 
 
 @register
-class ProductQuantizer(Codec):
+class ProductQuantizer(FaissCodec):
     spec_format = "PQ{m}x{nbits}"
     family = "pq"
     summary = "FAISS product quantization, m sub-quantizers of nbits each"
@@ -53,25 +50,9 @@ class ProductQuantizer(Codec):
         index.train(np.ascontiguousarray(X, dtype=np.float32))
         self.index_ = index
         self.n_train_ = X.shape[0]
-        self.fit_warnings_ = []
-        if X.shape[0] < FAISS_MIN_POINTS_PER_CENTROID * k:
-            self.fit_warnings_.append(
-                f"FAISS: clustering {X.shape[0]} points to {k} centroids: please provide at least "
-                f"{FAISS_MIN_POINTS_PER_CENTROID * k} training points")
+        self.fit_warnings_ = kmeans_warnings(X.shape[0], k)
         return self
 
     @property
     def overhead_bytes(self) -> int:
         return 0 if not hasattr(self, "index_") else faiss.vector_to_array(self.index_.pq.centroids).nbytes
-
-    def encode(self, X: np.ndarray) -> np.ndarray:
-        return self.index_.sa_encode(np.ascontiguousarray(X, dtype=np.float32))
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.index_.sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))
-
-    def search(self, codes, Q, k):
-        index = faiss.clone_index(self.index_)
-        index.reset()
-        index.add_sa_codes(np.ascontiguousarray(codes, dtype=np.uint8))
-        return index.search(np.ascontiguousarray(Q, dtype=np.float32), min(k, codes.shape[0]))

@@ -3,17 +3,24 @@
 The ranges are learned per dimension from the calibration vectors (min/max by default, or
 percentiles with ``pct``), and values outside them are clamped. At 8 bits the codes are exactly
 those of sentence-transformers' ``quantize_embeddings(precision="uint8")`` for the same ranges
-(``int8`` codes are these minus 128), and they are scored correctly: a float query against the
-dequantised value of each code (the middle of its bucket), never a raw int8·int8 dot product.
+(``int8`` codes are these minus 128), and by default they are scored correctly: a float query
+against the dequantised value of each code (the middle of its bucket).
+
+``SQ8:score=raw`` scores the way sentence-transformers users usually do instead: the query is
+quantized with the same ranges (clamped to them), both sides become int8 codes (uint8 − 128) and
+documents are ranked by the integer dot product, which ignores each dimension's offset and step.
+It is offered so the grid shows the two side by side; it exists only at 8 bits, the one integer
+precision sentence-transformers produces (``decode`` and pair similarity stay dequantised).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Codec, SpecError
+from .base import Codec, SpecError, knn_inner_product
 from .registry import register
 
 _BITS = (8, 4, 2)
+_SCORES = ("dequant", "raw")
 
 
 @register
@@ -22,9 +29,10 @@ class ScalarQuantizer(Codec):
     family = "scalar"
     summary = "scalar quantization to 8, 4 or 2 bits per dimension, per-dimension ranges"
 
-    def __init__(self, bits: int = 8, pct: float = 0.0):
+    def __init__(self, bits: int = 8, pct: float = 0.0, score: str = "dequant"):
         self.bits = bits
         self.pct = pct
+        self.score = score
         self._check_params()
 
     def _check_params(self) -> None:
@@ -32,6 +40,11 @@ class ScalarQuantizer(Codec):
             raise SpecError(f"SQ{self.bits}: scalar quantization supports {', '.join(map(str, _BITS))} bits")
         if not 0.0 <= float(self.pct) < 50.0:
             raise SpecError(f"SQ pct={self.pct}: the clipping percentile must be in [0, 50)")
+        if self.score not in _SCORES:
+            raise SpecError(f"SQ{self.bits}:score={self.score}: score must be one of {', '.join(_SCORES)}")
+        if self.score == "raw" and self.bits != 8:
+            raise SpecError(f"SQ{self.bits}:score=raw: raw integer scoring is sentence-transformers' int8 "
+                            "dot product and exists only for SQ8")
 
     @property
     def levels(self) -> int:
@@ -90,3 +103,12 @@ class ScalarQuantizer(Codec):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         q = self.unpack(codes).astype(np.float32)
         return self.start_ + (q + np.float32(0.5)) * self.step_
+
+    def search(self, codes, Q, k):
+        if self.score == "dequant":
+            return super().search(codes, Q, k)
+        # int8 = uint8 - 128 on both sides. Every partial sum of the float32 product is an integer
+        # below 2**24 in magnitude for dim <= 1024, so FAISS's float kernel computes it exactly.
+        q_i8 = self.quantize(Q).astype(np.float32) - np.float32(128)
+        c_i8 = np.asarray(codes, dtype=np.uint8).astype(np.float32) - np.float32(128)
+        return knn_inner_product(q_i8, c_i8, k)

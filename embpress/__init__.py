@@ -12,13 +12,15 @@ __version__ = "0.1.0"
 
 def run(datasets=None, models=None, compressors=None, *, grid: str = "default", k: int | None = None,
         max_queries: int | None = None, max_docs: int | None = None, progress: bool = True,
-        out_dir=None):
+        out_dir=None, **execution):
     """Run a grid (by default ``benchmarks/default.toml``, overridden by the arguments) and return
     the results as a pandas DataFrame; the run folder is in ``df.attrs["run_dir"]``."""
     from pathlib import Path
 
     from .runner import load_grid, run as _run
     config = load_grid(grid)
+    if compressors is not None:  # explicit specs replace the grid's families
+        config.families, config.budgets, config.axes = [], [], {}
     for attr, value in (("datasets", datasets), ("models", models), ("compressors", compressors),
                         ("k", k), ("max_queries", max_queries), ("max_docs", max_docs)):
         if value is not None:
@@ -26,6 +28,6 @@ def run(datasets=None, models=None, compressors=None, *, grid: str = "default", 
                     and isinstance(value, str) else value)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=False)
-    df, run_dir = _run(config, out_dir=Path(out_dir) if out_dir else None, progress=progress)
+    df, run_dir = _run(config, out_dir=Path(out_dir) if out_dir else None, progress=progress, **execution)
     df.attrs["run_dir"] = str(run_dir)
     return df

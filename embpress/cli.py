@@ -37,7 +37,16 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=None, help="search depth (default 100)")
     r.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries/pairs")
     r.add_argument("--max-docs", type=int, default=None, help="keep at most N documents (judged ones first)")
+    r.add_argument("--calibration", default=None,
+                   help="what compressors are fitted on: corpus (default), sample:N, or dataset:NAME")
     r.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>, must not exist)")
+    r.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue a killed run folder: finished cells are kept, the rest are run")
+    r.add_argument("-j", "--workers", type=int, default=1, help="local worker processes (default 1)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="BLAS/FAISS threads per worker (default: cores / workers when workers > 1)")
+    r.add_argument("--executor", default="local", help="local (default) or dask")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask, tcp://HOST:8786")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the table")
 
@@ -51,21 +60,33 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from .runner import load_grid, run, run_table
+    echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,
+                  threads=args.threads, scheduler=args.scheduler)
+    if args.resume is not None:
+        if args.grid or args.dataset or args.model or args.compressor or args.out:
+            raise EmbpressError("--resume continues a run with its own config; give no other grid options")
+        df, run_dir = run(resume=args.resume, **common)
+        print(run_table(df))
+        print(f"\nresults: {run_dir}/results.parquet, results.csv, run.json")
+        return 0
     config = load_grid(args.grid or "default")
     if args.grid is None and (args.dataset or args.model or args.compressor):
         config.grid = None
     for attr, value in (("datasets", args.dataset), ("models", args.model), ("compressors", args.compressor)):
         if value:
             setattr(config, attr, value)
-    for attr in ("k", "max_queries", "max_docs"):
+    if args.dataset or args.model or args.compressor:
+        if args.compressor:
+            config.families, config.budgets, config.axes = [], [], {}
+    for attr in ("k", "max_queries", "max_docs", "calibration"):
         if getattr(args, attr) is not None:
             setattr(config, attr, getattr(args, attr))
     if args.out is not None and args.out.exists():
         raise EmbpressError(f"run folder {args.out} already exists; a run never overwrites another")
     if args.out is not None:
         args.out.mkdir(parents=True)
-    echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    df, run_dir = run(config, out_dir=args.out, progress=not args.no_progress, echo=echo)
+    df, run_dir = run(config, out_dir=args.out, **common)
     print(run_table(df))
     print(f"\nresults: {run_dir}/results.parquet, results.csv, run.json")
     return 0

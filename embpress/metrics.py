@@ -43,7 +43,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 ]}
 
 #: The quality metric that ``retained_pct`` is computed from, per task.
-MAIN_METRIC = {"retrieval": "ndcg_at_10", "sts": "spearman"}
+MAIN_METRIC = {"retrieval": "ndcg_at_10", "sts": "spearman", "neighbours": "knn_recall_at_10"}
 
 
 def retrieval_scores(ranked_ids: list[list[str]], query_ids: list[str],

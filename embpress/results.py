@@ -19,12 +19,12 @@ from . import settings
 from .embed import library_versions
 
 #: Columns every result table has, in this order (further columns follow).
-COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "dim", "out_dim",
+COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "budget", "template", "dim", "out_dim",
            "bytes_per_vector", "overhead_bytes", "compression_ratio",
            "ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman",
            "knn_recall_at_10", "knn_recall_at_100", "main_metric", "quality", "baseline_quality",
            "retained_pct", "fit_s", "encode_vps", "search_qps", "calibration", "n_train",
-           "n_vectors", "n_queries", "warnings", "error"]
+           "n_vectors", "n_queries", "fit_cached", "warnings", "error", "cell_id"]
 
 
 def git_state() -> dict[str, Any]:
@@ -89,6 +89,34 @@ class RunWriter:
         }
         self.write_meta()
 
+    @classmethod
+    def reopen(cls, run_dir: Path):
+        """Continue a run folder: its config, and its cells file without a torn last line."""
+        from .grid import config_from_dict
+        run_dir = Path(run_dir)
+        try:
+            meta = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError) as exc:
+            from .errors import EmbpressError
+            raise EmbpressError(f"{run_dir} is not a resumable run folder (run.json: {exc})") from None
+        config = dict(meta["config"])
+        grid = config.pop("grid", None)
+        run_config = config_from_dict(config, f"{run_dir}/run.json")
+        run_config.grid = grid
+        self = cls.__new__(cls)
+        self.dir, self.cells_path, self.started = run_dir, run_dir / "cells.jsonl", time.time()
+        self.meta = meta
+        self.meta.update(status="running", resumed=self.meta.get("resumed", 0) + 1)
+        rows = self.rows()
+        tmp = self.cells_path.with_suffix(".jsonl.part")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(self.cells_path)
+        self.write_meta()
+        return self, run_config
+
+    def finished_cell_ids(self) -> set[str]:
+        return {r["cell_id"] for r in self.rows() if r.get("cell_id")}
+
     def write_meta(self) -> None:
         tmp = self.dir / "run.json.part"
         tmp.write_text(json.dumps(self.meta, indent=2, default=str))
@@ -104,10 +132,23 @@ class RunWriter:
     def rows(self) -> list[dict[str, Any]]:
         if not self.cells_path.is_file():
             return []
-        return [json.loads(l) for l in self.cells_path.read_text().splitlines() if l.strip()]
+        rows, seen = [], set()
+        for line in self.cells_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill: that cell is simply not done
+            if row.get("cell_id") in seen:
+                continue
+            seen.add(row.get("cell_id"))
+            rows.append(row)
+        return rows
 
     def finish(self, status: str = "finished") -> pd.DataFrame:
-        df = to_frame(self.rows())
+        rows = self.rows()
+        order = {c: i for i, c in enumerate(self.meta.get("order", []))}
+        rows.sort(key=lambda r: order.get(r.get("cell_id"), len(order)))
+        df = to_frame(rows)
         df.to_parquet(self.dir / "results.parquet", index=False)
         df.to_csv(self.dir / "results.csv", index=False)
         self.meta.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

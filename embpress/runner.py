@@ -1,99 +1,55 @@
-"""The grid runner: datasets × models × compressor specs → one result row per cell.
+"""The grid runner: datasets × models × compressor settings → one result row per cell.
 
-Everything a run needs is checked before any work starts (dataset cards, model names, spec
-strings, chains against the models' dimensions), so bad input fails in a second with one line.
-For each (model, dataset) the embeddings come from the cache and the exact float32 ground truth
-(top-k neighbours, baseline quality) is computed once; every cell then fits its pipeline on the
-calibration vectors, encodes, searches the codes and is scored against both.
+1. *Plan*: every name, spec and template is checked before any work (one line on bad input).
+2. *Prepare*, per (model, dataset): embeddings from the cache (encoded once), the exact float32
+   ground truth computed once and saved in the run folder (``per_query/baseline__…npz``), and the
+   cells expanded for the model's dimension (budgets solved, infeasible ones kept with a reason).
+3. *Execute*: cells run in-process, in a local process pool (``workers``), or on a Dask cluster;
+   each finished cell is appended atomically to ``cells.jsonl`` (and its per-query arrays to
+   ``per_query/<cell_id>.npz``) by this process alone, so ``kill -9`` loses only cells in flight
+   and ``--resume`` continues without recomputing or duplicating finished ones.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 import time
-import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import pandas as pd
 
-from compressors import Pipeline, SpecError, parse_spec
-from compressors.base import knn_inner_product
+from compressors import SpecError, parse_spec
 
-from . import settings
-from .data import load_card, load_dataset
+from .cells import CellTask, ground_truth, run_cell, save_npz
+from .data import is_vector_folder, load_card, load_dataset, load_vector_folder
 from .embed import embed_dataset
 from .errors import EmbpressError
-from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
-from .models import ModelInfo, model_info, resolve_model
+from .grid import CellSpec, RunConfig, cell_id, config_from_dict, expand, load_grid  # noqa: F401 (re-export)
+from .models import model_info, resolve_model
 from .results import RunWriter, format_table, new_run_dir
 
 log = logging.getLogger("embpress")
 
-DEFAULT_GRID = "default"
-
-
-@dataclass
-class RunConfig:
-    datasets: list[str]
-    models: list[str]
-    compressors: list[str]
-    k: int = 100
-    max_queries: int | None = None
-    max_docs: int | None = None
-    batch_size: int = 32
-    grid: str | None = None
-    description: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def grid_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix == ".toml" and p.is_file():
-        return p
-    candidate = settings.BENCHMARKS / f"{name_or_path}.toml"
-    if candidate.is_file():
-        return candidate
-    known = ", ".join(sorted(x.stem for x in settings.BENCHMARKS.glob("*.toml")))
-    raise EmbpressError(f"grid {name_or_path!r} not found (a .toml file, or one of: {known})")
-
-
-def load_grid(name_or_path: str = DEFAULT_GRID) -> RunConfig:
-    path = grid_path(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EmbpressError(f"grid file {path} is not valid TOML: {exc}") from None
-    allowed = set(RunConfig.__dataclass_fields__) - {"grid"}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise EmbpressError(f"grid file {path}: unknown key(s) {', '.join(sorted(unknown))} "
-                            f"(allowed: {', '.join(sorted(allowed))})")
-    missing = [k for k in ("datasets", "models", "compressors") if k not in raw]
-    if missing:
-        raise EmbpressError(f"grid file {path}: missing {', '.join(missing)}")
-    for key in ("datasets", "models", "compressors"):
-        if not isinstance(raw[key], list) or not all(isinstance(x, str) for x in raw[key]) or not raw[key]:
-            raise EmbpressError(f"grid file {path}: {key} must be a non-empty list of strings")
-    return RunConfig(grid=str(path), **raw)
+BYO_MODEL = "(vectors)"
+EXECUTORS = ("local", "dask")
 
 
 @dataclass
 class Plan:
-    """A validated run: every name resolved, every spec parsed."""
     config: RunConfig
-    pipelines: dict[str, Pipeline] = field(default_factory=dict)
     models: list = field(default_factory=list)
 
 
 def plan(config: RunConfig) -> Plan:
+    """Check everything a run needs before it starts; raises EmbpressError/SpecError (one line)."""
     for name in config.datasets:
-        load_card(name)
+        if not is_vector_folder(name):
+            load_card(name)
     entries = [resolve_model(m) for m in config.models]
-    pipelines: dict[str, Pipeline] = {}
     for spec in config.compressors:
         pipe = parse_spec(spec)
         for entry in entries:
@@ -102,138 +58,233 @@ def plan(config: RunConfig) -> Plan:
                     pipe.check_dim(entry.dim)
                 except SpecError as exc:
                     raise SpecError(f"{spec} on {entry.name} ({entry.dim}-d): {exc}") from None
-        pipelines[pipe.to_spec()] = pipe
+    for template in config.families:
+        try:
+            for entry in entries:
+                if entry.dim is not None:
+                    expand(replace(config, compressors=[], families=[template]), entry.dim)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
     if config.k < 1:
         raise EmbpressError(f"k must be at least 1, got {config.k}")
-    return Plan(config, pipelines, entries)
+    cal = config.calibration
+    if not (cal == "corpus" or (cal.startswith("sample:") and cal[7:].isdigit() and int(cal[7:]) > 0)
+            or (cal.startswith("dataset:") and load_card(cal[8:]))):
+        raise EmbpressError(f"calibration {cal!r} must be corpus, sample:N or dataset:NAME")
+    return Plan(config, entries)
 
 
-# ---------------------------------------------------------------------------- ground truth
-@dataclass
-class Truth:
-    """What every cell of one (model, dataset) is compared with."""
-    vectors: dict[str, np.ndarray]
-    dim: int
-    exact_ids: np.ndarray | None = None
-    baseline: dict[str, float] = field(default_factory=dict)
+def _vector_paths(vectors: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for part, arr in vectors.items():
+        path = getattr(arr, "filename", None)
+        if path is None:
+            raise EmbpressError(f"vectors for {part} are not backed by a file")
+        out.append((part, str(path)))
+    return tuple(out)
 
 
-def ground_truth(ds, vectors: dict[str, np.ndarray], k: int) -> Truth:
-    if ds.task == "retrieval":
-        C, Q = vectors["corpus"], vectors["queries"]
-        _, ids = knn_inner_product(Q, C, k)
-        ranked = [[ds.corpus_ids[j] for j in row if j >= 0] for row in ids]
-        scores = retrieval_scores(ranked, ds.query_ids, ds.qrels)
-        return Truth(vectors, C.shape[1], ids, {m: float(v.mean()) for m, v in scores.items()})
-    a, b = vectors["sentences1"], vectors["sentences2"]
-    cos = np.einsum("ij,ij->i", a, b) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return Truth(vectors, a.shape[1], None, {"spearman": sts_spearman(cos, ds.scores)})
+def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[CellTask]:
+    """Embeddings, ground truth and the cell list, in grid order."""
+    config = the_plan.config
+    tasks: list[CellTask] = []
+    pairs: list[tuple[Any, str]] = []
+    for name in config.datasets:
+        if is_vector_folder(name):
+            pairs.append((None, name))
+        else:
+            pairs.extend((entry, name) for entry in the_plan.models)
+    for entry, name in pairs:
+        if entry is None:
+            ds = load_vector_folder(name)
+            model, vectors = BYO_MODEL, ds.vectors
+            vectors = {p: _as_file_backed(writer.dir, name, p, v) for p, v in vectors.items()}
+            revision = ds.revision
+        else:
+            info = model_info(entry)
+            writer.meta["models"][entry.name] = info.as_dict()
+            ds = load_dataset(name, max_queries=config.max_queries, max_docs=config.max_docs)
+            vectors = embed_dataset(info, ds, batch_size=config.batch_size, progress=progress)
+            model, revision = entry.name, ds.card.revision
+        writer.meta["datasets"][ds.name] = {"revision": revision, "task": ds.task, "location": ds.location,
+                                            "counts": ds.summary(), "sample": ds.sample or None,
+                                            "split": getattr(getattr(ds, "card", None), "split", None),
+                                            "source": name}
+        arrays, baseline = ground_truth(ds, vectors, config.k)
+        truth_path = writer.dir / "per_query" / f"baseline__{_safe(model)}__{_safe(ds.name)}.npz"
+        save_npz(truth_path, arrays, baseline=baseline)
+        writer.meta.setdefault("baselines", {})[f"{model}|{ds.name}"] = baseline
+        writer.write_meta()
+        echo(f"{ds.name} · {model}: float32 baseline " + ", ".join(f"{m}={v:.2f}" for m, v in baseline.items()))
+        cal_path = None
+        if config.calibration.startswith("dataset:"):
+            other = load_dataset(config.calibration[8:])
+            cal_path = str(embed_dataset(info, other, batch_size=config.batch_size,
+                                         progress=progress)["corpus"].filename)
+        dim = next(iter(vectors.values())).shape[1]
+        for cell in expand(config, dim):
+            tasks.append(CellTask(
+                cell_id=cell_id(model, ds.name, cell.compressor, cell.budget), model=model,
+                dataset=name, dataset_label=ds.name, compressor=cell.compressor,
+                vectors=_vector_paths(vectors), truth=str(truth_path), k=config.k,
+                max_queries=config.max_queries, max_docs=config.max_docs, calibration=config.calibration,
+                calibration_path=cal_path, budget=cell.budget, template=cell.template,
+            ) if cell.infeasible is None else _infeasible_task(model, ds.name, ds.task, cell))
+    return tasks
 
 
-# ---------------------------------------------------------------------------- one cell
-def evaluate_cell(pipe: Pipeline, ds, truth: Truth, k: int) -> dict[str, Any]:
-    pipe = pipe.clone()
-    row: dict[str, Any] = {"compressor": pipe.to_spec(), "family": pipe.family, "dim": truth.dim,
-                           "status": "ok"}
-    retrieval = ds.task == "retrieval"
-    if retrieval:
-        calib, stored = truth.vectors["corpus"], truth.vectors["corpus"]
-        row["calibration"] = "corpus"
-    else:
-        stored = np.concatenate([truth.vectors["sentences1"], truth.vectors["sentences2"]])
-        calib = stored
-        row["calibration"] = "pairs"
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _as_file_backed(run_dir: Path, name: str, part: str, arr) -> Any:
+    """Vectors of a bring-your-own folder that were sliced in memory are written once to the run."""
+    import numpy as np
+    if getattr(arr, "filename", None):
+        return arr
+    path = run_dir / "vectors" / f"{_safe(Path(name).name)}__{part}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(arr, dtype=np.float32))
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class _InfeasibleTask:
+    cell_id: str
+    model: str
+    dataset: str
+    compressor: str
+    budget: int | None
+    template: str | None
+    reason: str
+    task: str
+
+
+def _infeasible_task(model: str, dataset: str, task: str, cell: CellSpec) -> _InfeasibleTask:
+    return _InfeasibleTask(cell_id(model, dataset, cell.compressor, cell.budget), model, dataset,
+                           cell.compressor, cell.budget, cell.template, cell.infeasible or "", task)
+
+
+# ---------------------------------------------------------------------------- execution
+def _iter_results(tasks: list[CellTask], executor: str, workers: int, threads: int,
+                  scheduler: str | None) -> Iterable[tuple[CellTask, tuple[dict, dict]]]:
+    if executor == "dask":
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise EmbpressError("the dask executor needs the 'distributed' package (pip install distributed)") from None
+        if not scheduler:
+            raise EmbpressError("--executor dask needs --scheduler tcp://HOST:PORT")
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise EmbpressError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+        try:
+            futures = {client.submit(run_cell, replace(t, threads=threads or 1), pure=False, key=f"cell-{t.cell_id}"): t
+                       for t in tasks}
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+        finally:
+            client.close()
+        return
+    if workers <= 1:
+        for t in tasks:
+            yield t, run_cell(replace(t, threads=threads))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed as done
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, replace(t, threads=threads)): t for t in tasks}
+        for fut in done(futures):
+            yield futures[fut], fut.result()
+
+
+def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers: int = 1,
+            threads: int | None = None, scheduler: str | None = None, progress: bool = True,
+            echo: Callable[[str], None] = lambda m: None) -> None:
+    from tqdm.auto import tqdm
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if (workers > 1 or executor == "dask") else 0
+    writer.meta["execution"] = {"executor": executor, "workers": workers, "threads_per_worker": threads,
+                                "scheduler": scheduler}
+    writer.write_meta()
+    bar = tqdm(total=len(tasks), unit="cell", desc="cells", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
+    say = (lambda m: bar.write(m, file=sys.stderr)) if progress else echo
+    runnable = []
+    for t in tasks:
+        if isinstance(t, _InfeasibleTask):
+            row = {"cell_id": t.cell_id, "model": t.model, "dataset": t.dataset, "task": t.task,
+                   "compressor": t.compressor,
+                   "budget": t.budget, "template": t.template, "status": "infeasible", "error": t.reason}
+            writer.add_cell(row)
+            bar.update(1)
+        else:
+            runnable.append(t)
     try:
-        pipe.check_dim(truth.dim)
-        t0 = time.perf_counter()
-        pipe.fit(calib)
-        row["fit_s"] = time.perf_counter() - t0
-    except SpecError as exc:
-        row.update(status="infeasible", error=str(exc))
-        return row
-    row.update(out_dim=pipe.output_dim(truth.dim), bytes_per_vector=pipe.bytes_per_vector(),
-               overhead_bytes=int(pipe.overhead_bytes), n_train=pipe.n_train or len(calib),
-               warnings="; ".join(pipe.fit_warnings) or None, **pipe.info())
-    row["compression_ratio"] = 4 * truth.dim / row["bytes_per_vector"]
-    t0 = time.perf_counter()
-    codes = pipe.encode(stored)
-    row["encode_vps"] = len(stored) / max(time.perf_counter() - t0, 1e-9)
-    if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
-        raise RuntimeError(f"{row['compressor']}: codes {codes.dtype}{codes.shape} do not match the declared "
-                           f"{row['bytes_per_vector']} bytes per vector")
-    row["n_vectors"] = len(stored)
-    if retrieval:
-        Q = truth.vectors["queries"]
-        t0 = time.perf_counter()
-        _, ids = pipe.search(codes, Q, k)
-        row["search_qps"] = len(Q) / max(time.perf_counter() - t0, 1e-9)
-        row["n_queries"] = len(Q)
-        ranked = [[ds.corpus_ids[j] for j in r if j >= 0] for r in ids]
-        row.update({m: float(v.mean()) for m, v in retrieval_scores(ranked, ds.query_ids, ds.qrels).items()})
-        for kk in (10, 100):
-            kk_eff = min(kk, truth.exact_ids.shape[1])
-            row[f"knn_recall_at_{kk}"] = 100 * float(knn_recall(ids, truth.exact_ids, kk_eff).mean())
-    else:
-        n = len(ds.scores)
-        sim = pipe.pair_similarity(codes[:n], codes[n:])
-        row["spearman"] = sts_spearman(sim, ds.scores)
-        row["n_queries"] = n
-    main = MAIN_METRIC[ds.task]
-    row.update(main_metric=main, quality=row[main], baseline_quality=truth.baseline[main])
-    row["retained_pct"] = 100 * row["quality"] / truth.baseline[main] if truth.baseline[main] else None
-    return row
+        for task, (row, per_query) in _iter_results(runnable, executor, workers, threads, scheduler):
+            if per_query:
+                save_npz(writer.dir / "per_query" / f"{task.cell_id}.npz", per_query)
+            writer.add_cell(row)
+            bar.set_postfix_str(f"{row['dataset']} {task.compressor}", refresh=False)
+            bar.update(1)
+            _echo_cell(say, row)
+    finally:
+        bar.close()
+
+
+def _echo_cell(echo, row: dict[str, Any]) -> None:
+    if row["status"] != "ok":
+        echo(f"  {row['dataset']} {row['compressor']}: {row['status']}: {row.get('error')}")
+        return
+    echo(f"  {row['dataset']:<12} {row['compressor']:<22} {row['bytes_per_vector']:>6} B/vec  "
+         f"{row['main_metric']}={row['quality']:.2f}  retained {row['retained_pct']:.1f}%"
+         + ("  (fit cached)" if row.get("fit_cached") else ""))
 
 
 # ---------------------------------------------------------------------------- the run
-def run(config: RunConfig, *, out_dir: Path | None = None, progress: bool = True,
-        echo: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, Path]:
-    """Run a grid; returns the results table and the run folder."""
+def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progress: bool = True,
+        echo: Callable[[str], None] | None = None, executor: str = "local", workers: int = 1,
+        threads: int | None = None, scheduler: str | None = None,
+        resume: Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """Run a grid (or resume a run folder); returns the results table and the run folder."""
     echo = echo or (lambda msg: log.info(msg))
+    if executor not in EXECUTORS:
+        raise EmbpressError(f"unknown executor {executor!r} (one of: {', '.join(EXECUTORS)})")
+    if workers < 1:
+        raise EmbpressError(f"workers must be at least 1, got {workers}")
+    if resume is not None:
+        writer, config = RunWriter.reopen(resume)
+    else:
+        assert config is not None
     the_plan = plan(config)
-    run_dir = out_dir or new_run_dir()
-    writer = RunWriter(run_dir, config.as_dict())
-    echo(f"run {run_dir.name}: {len(config.datasets)} dataset(s) × {len(config.models)} model(s) × "
-         f"{len(the_plan.pipelines)} compressor(s) → {run_dir}")
+    if resume is None:
+        writer = RunWriter(out_dir or new_run_dir(), config.as_dict())
+    done = writer.finished_cell_ids()
+    echo(f"run {writer.dir.name}: {len(config.datasets)} dataset(s) × {len(config.models)} model(s) → {writer.dir}"
+         + (f" (resuming: {len(done)} cells already done)" if resume is not None else ""))
     status = "interrupted"
+    t0 = time.perf_counter()
     try:
-        for entry in the_plan.models:
-            info: ModelInfo = model_info(entry)
-            writer.meta["models"][entry.name] = info.as_dict()
-            for name in config.datasets:
-                ds = load_dataset(name, max_queries=config.max_queries, max_docs=config.max_docs)
-                writer.meta["datasets"][name] = {"revision": ds.card.revision, "split": ds.card.split,
-                                                 "location": ds.location, "task": ds.task,
-                                                 "counts": ds.summary(), "sample": ds.sample or None,
-                                                 "card": ds.card.path.name}
-                writer.write_meta()
-                vectors = embed_dataset(info, ds, batch_size=config.batch_size, progress=progress)
-                truth = ground_truth(ds, vectors, config.k)
-                echo(f"{name} · {entry.name}: float32 baseline " +
-                     ", ".join(f"{m}={v:.2f}" for m, v in truth.baseline.items()))
-                for spec, pipe in the_plan.pipelines.items():
-                    base = {"dataset": name, "task": ds.task, "model": entry.name}
-                    try:
-                        row = evaluate_cell(pipe, ds, truth, config.k)
-                    except (SpecError, ValueError, RuntimeError, MemoryError) as exc:
-                        row = {"compressor": spec, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                    writer.add_cell({**base, **row})
-                    _echo_cell(echo, name, {**base, **row})
+        tasks = prepare(the_plan, writer, progress, echo)
+        writer.meta["order"] = [t.cell_id for t in tasks]
+        todo = [t for t in tasks if t.cell_id not in done]
+        echo(f"{len(tasks)} cells, {len(todo)} to run")
+        execute(todo, writer, executor=executor, workers=workers, threads=threads, scheduler=scheduler,
+                progress=progress, echo=echo)
         status = "finished"
     except EmbpressError as exc:
         writer.meta["error"] = str(exc)
         status = "failed"
         raise
     finally:
+        writer.meta["wall_s"] = round(time.perf_counter() - t0, 3)
         df = writer.finish(status)
-    return df, run_dir
-
-
-def _echo_cell(echo, dataset: str, row: dict[str, Any]) -> None:
-    if row["status"] != "ok":
-        echo(f"  {dataset} {row['compressor']}: {row['status']}: {row.get('error')}")
-        return
-    echo(f"  {dataset} {row['compressor']:<14} {row['bytes_per_vector']:>6} B/vec  "
-         f"{row['main_metric']}={row['quality']:.2f}  retained {row['retained_pct']:.1f}%")
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    echo("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for _, r in df[df.status == "failed"].iterrows():
+        echo(f"  failed: {r.dataset} {r.compressor}: {r.error}")
+    return df, writer.dir
 
 
 def run_table(df: pd.DataFrame) -> str:

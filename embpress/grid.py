@@ -1,0 +1,183 @@
+"""Grid files: which datasets × models × compressors a run covers, declared in TOML.
+
+    description = "..."
+    datasets = ["scifact", "nfcorpus"]           # card names or folders of .npy (bring your own)
+    models = ["all-MiniLM-L6-v2"]
+    compressors = ["F32", "F16", "SQ8"]          # fixed specs, run as they are
+    budgets = [16, 32, 64, 128, 256, 512]        # bytes per vector
+    families = ["PCA{d},SQ8", "PQ{m}x8", "BIN:rescore={mult}"]
+
+    [axes]                                       # values for named template fields
+    mult = [2, 4, 10]
+
+A *family* is a spec template. Fields named in ``[axes]`` take every listed value; if one field is
+left free, it is solved for each budget: the value whose pipeline stores exactly that many bytes
+per vector on the model's dimension (``PQ{m}x8`` at 32 B → ``PQ32x8``; ``PCA{d},BIN`` at 16 B →
+``PCA128,BIN``). A budget no value can meet is an *infeasible* cell, kept in the results with the
+reason, never silently dropped. Optional keys: ``k``, ``max_queries``, ``max_docs``, ``batch_size``,
+``calibration``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import string
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressors import SpecError, parse_spec
+
+from . import settings
+from .errors import EmbpressError
+
+
+@dataclass
+class RunConfig:
+    datasets: list[str]
+    models: list[str]
+    compressors: list[str] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
+    families: list[str] = field(default_factory=list)
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    k: int = 100
+    max_queries: int | None = None
+    max_docs: int | None = None
+    batch_size: int = 32
+    calibration: str = "corpus"
+    grid: str | None = None
+    description: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_LIST_KEYS = {"datasets": str, "models": str, "compressors": str, "budgets": int, "families": str}
+
+
+def grid_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    candidate = settings.BENCHMARKS / f"{name_or_path}.toml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(x.stem for x in settings.BENCHMARKS.glob("*.toml")))
+    raise EmbpressError(f"grid {name_or_path!r} not found (a .toml file, or one of: {known})")
+
+
+def config_from_dict(raw: dict[str, Any], where: str) -> RunConfig:
+    allowed = set(RunConfig.__dataclass_fields__)
+    unknown = set(raw) - allowed
+    if unknown:
+        raise EmbpressError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                            f"(allowed: {', '.join(sorted(allowed - {'grid'}))})")
+    for key in ("datasets", "models"):
+        if key not in raw:
+            raise EmbpressError(f"{where}: missing {key}")
+    for key, typ in _LIST_KEYS.items():
+        if key in raw and (not isinstance(raw[key], list) or not all(isinstance(x, typ) for x in raw[key])):
+            raise EmbpressError(f"{where}: {key} must be a list of {typ.__name__}s")
+    if not raw.get("compressors") and not raw.get("families"):
+        raise EmbpressError(f"{where}: needs compressors or families")
+    if raw.get("families") and any(_free_fields(t, raw.get("axes", {})) for t in raw["families"]) \
+            and not raw.get("budgets"):
+        raise EmbpressError(f"{where}: families with a free field need budgets")
+    if "axes" in raw and (not isinstance(raw["axes"], dict)
+                          or not all(isinstance(v, list) and v for v in raw["axes"].values())):
+        raise EmbpressError(f"{where}: [axes] must map field names to non-empty lists")
+    if any(b <= 0 for b in raw.get("budgets", [])):
+        raise EmbpressError(f"{where}: budgets must be positive byte counts")
+    return RunConfig(**raw)
+
+
+def load_grid(name_or_path: str = "default") -> RunConfig:
+    path = grid_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise EmbpressError(f"grid file {path} is not valid TOML: {exc}") from None
+    config = config_from_dict(raw, f"grid file {path}")
+    config.grid = str(path)
+    return config
+
+
+# ---------------------------------------------------------------------------- cells
+@dataclass(frozen=True)
+class CellSpec:
+    """One compressor setting to run on every (model, dataset): a spec, or why there is none."""
+    compressor: str                 # the spec, or the template filled as far as possible
+    template: str | None = None     # the family template it came from
+    budget: int | None = None       # the target bytes per vector
+    infeasible: str | None = None   # why no spec meets the budget
+
+
+def cell_id(model: str, dataset: str, compressor: str, budget: int | None = None) -> str:
+    key = f"{model}|{dataset}|{compressor}|{budget if budget is not None else ''}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _fields(template: str) -> list[str]:
+    return list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
+
+
+def _free_fields(template: str, axes: dict[str, list]) -> list[str]:
+    return [f for f in _fields(template) if f not in axes]
+
+
+def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(spec, None) for the value of the free field meeting ``budget`` bytes exactly, else (None, why)."""
+    free = _free_fields(template, fixed)
+    if len(free) != 1:
+        raise SpecError(f"family {template!r} must leave exactly one field free for budgets, has {free}")
+    name = free[0]
+    nearest: list[tuple[int, str]] = []
+    refusal = None
+    for value in range(1, 8 * dim + 1):
+        spec = template.format(**fixed, **{name: value})
+        try:
+            pipe = parse_spec(spec)
+            size = pipe.bytes_per_vector(dim)
+        except SpecError:
+            continue
+        try:
+            pipe.check_dim(dim)
+        except SpecError as exc:
+            if size == budget and refusal is None:
+                refusal = str(exc)
+            continue
+        if size == budget:
+            return spec, None
+        nearest.append((abs(size - budget), f"{spec} = {size} B"))
+    if refusal:
+        return None, refusal
+    near = ", ".join(s for _, s in sorted(nearest)[:2]) or "none"
+    return None, f"no {template} stores exactly {budget} B/vector on {dim}-d vectors (nearest: {near})"
+
+
+def expand(config: RunConfig, dim: int) -> list[CellSpec]:
+    """The compressor settings for a model of dimension ``dim``: fixed specs, then every family
+    at every axis value and budget."""
+    cells = [CellSpec(parse_spec(s).to_spec()) for s in config.compressors]
+    for template in config.families:
+        axis_names = [f for f in _fields(template) if f in config.axes]
+        combos = [dict(zip(axis_names, vals)) for vals in itertools.product(*(config.axes[a] for a in axis_names))]
+        for fixed in combos:
+            if not _free_fields(template, fixed):
+                cells.append(CellSpec(parse_spec(template.format(**fixed)).to_spec(), template))
+                continue
+            for budget in config.budgets:
+                spec, why = solve_budget(template, budget, dim, fixed)
+                if spec is not None:
+                    cells.append(CellSpec(parse_spec(spec).to_spec(), template, budget))
+                else:
+                    label = template.format(**fixed, **{f: "{" + f + "}" for f in _free_fields(template, fixed)})
+                    cells.append(CellSpec(label, template, budget, why))
+    seen, unique = set(), []
+    for c in cells:
+        key = (c.compressor, c.budget if c.infeasible else None)
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique
