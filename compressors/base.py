@@ -41,15 +41,19 @@ class Stage:
 
     # ---- scikit-learn style parameters -------------------------------------------------
     @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values()
-                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    def param_defaults(cls) -> dict[str, Any]:
+        """Constructor parameters and their defaults, in signature order (cached per class)."""
+        cached = cls.__dict__.get("_param_defaults_cache")
+        if cached is None:
+            sig = inspect.signature(cls.__init__)
+            cached = {p.name: p.default for p in sig.parameters.values()
+                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+            cls._param_defaults_cache = cached
+        return dict(cached)
 
     @classmethod
-    def param_defaults(cls) -> dict[str, Any]:
-        sig = inspect.signature(cls.__init__)
-        return {n: sig.parameters[n].default for n in cls._param_names()}
+    def _param_names(cls) -> list[str]:
+        return list(cls.param_defaults())
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
@@ -288,6 +292,12 @@ def row_space_isometry(M: np.ndarray) -> np.ndarray:
     return (Wt.T @ U.T).astype(np.float32)
 
 
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of row i of a with row i of b."""
+    num = np.einsum("ij,ij->i", a, b)
+    return num / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
 def as_float32_matrix(X: np.ndarray, what: str = "vectors") -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
@@ -401,11 +411,16 @@ class Pipeline:
         return self.codec.search(codes, self.transform_query(Q), k)
 
     def pair_similarity(self, codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
-        """Cosine similarity of row i of A with row i of B, on what the codes decode to."""
-        a, b = self.decode(codes_a), self.decode(codes_b)
-        num = np.einsum("ij,ij->i", a, b)
-        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        return num / np.maximum(den, 1e-12)
+        """Cosine similarity of row i of A with row i of B (STS).
+
+        By default on what the codes decode to; a codec that scores in its own domain (e.g. the
+        raw int8 cosine of ``SQ8:score=raw``) supplies ``pair_vectors`` and is scored on those."""
+        own = getattr(self.codec, "pair_vectors", None)
+        if own is not None and not self.transforms:
+            a, b = own(codes_a), own(codes_b)
+        else:
+            a, b = self.decode(codes_a), self.decode(codes_b)
+        return cosine_rows(a, b)
 
     # ---- byte accounting ----------------------------------------------------------------
     def bytes_per_vector(self, dim: int | None = None) -> int:

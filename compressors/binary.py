@@ -22,10 +22,9 @@ Options:
 """
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
-from .base import Codec, SpecError, knn_inner_product
+from .base import Codec, SpecError, hamming_knn, knn_inner_product
 from .float import Float32
 from .registry import register
 from .scalar import ScalarQuantizer
@@ -117,11 +116,8 @@ class Binary(Codec):
     def _search_bits(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.score == "asym":
             return knn_inner_product(Q, self.signs(codes), k)
-        bits = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8)[:, : self._bit_bytes])
-        index = faiss.IndexBinaryFlat(bits.shape[1] * 8)
-        index.add(bits)
-        hamming, ids = index.search(self.binarize(Q), min(k, bits.shape[0]))
-        return 1.0 - 2.0 * hamming.astype(np.float32) / self.dim_, ids
+        bits = np.asarray(codes, dtype=np.uint8)[:, : self._bit_bytes]
+        return hamming_knn(bits, self.binarize(Q), k, self.dim_)
 
     def search(self, codes, Q, k):
         if self.copy_ is None:

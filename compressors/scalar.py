@@ -104,6 +104,12 @@ class ScalarQuantizer(Codec):
         q = self.unpack(codes).astype(np.float32)
         return self.start_ + (q + np.float32(0.5)) * self.step_
 
+    def pair_vectors(self, codes: np.ndarray) -> np.ndarray:
+        """What STS compares: the dequantised vectors, or for ``score=raw`` the int8 codes themselves."""
+        if self.score == "raw":
+            return np.asarray(codes, dtype=np.uint8).astype(np.float32) - np.float32(128)
+        return self.decode(codes)
+
     def search(self, codes, Q, k):
         if self.score == "dequant":
             return super().search(codes, Q, k)

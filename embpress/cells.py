@@ -8,11 +8,9 @@ carries only references: the dataset's name and sample, the paths of the cached 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import pickle
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from compressors import Pipeline, SpecError, parse_spec
-from compressors.base import knn_inner_product
+from compressors.base import cosine_rows, knn_inner_product
 
 from . import settings
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
@@ -91,17 +89,21 @@ def context_for(task: CellTask) -> Context:
 
 
 # ---------------------------------------------------------------------------- fitted-compressor cache
-def _code_version(pipe: Pipeline) -> str:
-    """A hash of the source of every module a pipeline uses: changed code means a new fit."""
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    """A hash of the compressors package's source: changed code means new fits (stages build on
+    each other, e.g. BIN's rescoring copy on SQ8, so the whole package is hashed)."""
+    import compressors
     h = hashlib.sha256()
-    for mod in sorted({type(s).__module__ for s in pipe.stages} | {"compressors.base"}):
-        h.update(inspect.getsource(sys.modules[mod]).encode())
+    for path in sorted(Path(compressors.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
 def fit_cache_path(pipe: Pipeline, calib: np.ndarray) -> Path:
     h = hashlib.sha256(np.ascontiguousarray(calib).tobytes())
-    h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version(pipe)}".encode())
+    h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version()}".encode())
     return settings.cache_dir() / "fitted" / f"{h.hexdigest()[:24]}.pkl"
 
 
@@ -239,8 +241,7 @@ def ground_truth(ds, vectors: dict[str, np.ndarray], k: int) -> tuple[dict[str, 
             arrays.update(scores)
             baseline.update({m: float(v.mean()) for m, v in scores.items()})
         return arrays, baseline
-    a, b = np.asarray(vectors["sentences1"]), np.asarray(vectors["sentences2"])
-    cos = np.einsum("ij,ij->i", a, b) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cos = cosine_rows(np.asarray(vectors["sentences1"]), np.asarray(vectors["sentences2"]))
     arrays["similarity"] = cos.astype(np.float64)
     arrays["gold"] = np.asarray(ds.scores, dtype=np.float64)
     return arrays, {"spearman": sts_spearman(cos, ds.scores)}

@@ -46,6 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None,
                    help="BLAS/FAISS threads per worker (default: cores / workers when workers > 1)")
     r.add_argument("--executor", default="local", help="local (default) or dask")
+    r.add_argument("--no-fit-cache", action="store_true",
+                   help="refit every compressor instead of reusing cached fits (e.g. to time a cold grid)")
     r.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask, tcp://HOST:8786")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the table")
@@ -62,7 +64,7 @@ def _cmd_run(args) -> int:
     from .runner import load_grid, run, run_table
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,
-                  threads=args.threads, scheduler=args.scheduler)
+                  threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache)
     if args.resume is not None:
         if args.grid or args.dataset or args.model or args.compressor or args.out:
             raise EmbpressError("--resume continues a run with its own config; give no other grid options")

@@ -350,6 +350,22 @@ def load_dataset(name: str, *, max_queries: int | None = None, max_docs: int | N
     return ds
 
 
+def document_titles(name: str) -> dict[str, str]:
+    """A BEIR dataset's document titles by id ("" where a document has none; ``corpus_texts``
+    joins title and text, the report names documents by their titles). Empty for other formats."""
+    card = load_card(name)
+    if card.format != "beir":
+        return {}
+    folder, _ = locate(card)
+    titles: dict[str, str] = {}
+    with open_text(find_file(folder, "corpus.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                doc = json.loads(line)
+                titles[str(doc["_id"])] = (doc.get("title") or "").strip()
+    return titles
+
+
 # ---------------------------------------------------------------------------- bring your own vectors
 @dataclass
 class VectorDataset:

@@ -1,7 +1,8 @@
 """Embed texts once and cache them as float32 ``.npy`` with a manifest.
 
 A cache entry is keyed by (dataset, split, part, model, weights hash, max sequence length,
-normalisation, prompt, the texts themselves): change any of them and a new entry is made.
+normalisation, prompt, the texts themselves, and for an encoder variant such as
+``all-MiniLM-L6-v2@int8-dynamic`` what the variant does): change any of them and a new entry is made.
 Entries live in ``$EMBPRESS_CACHE/embeddings/<model>/<dataset>/`` as ``<split>-<part>-<key>.npy``
 (loaded memory-mapped) plus ``.json`` manifests (ids, shape, checksum, library versions, seconds
 spent, texts per second). The manifest is written last, so a half-written entry is never used;
@@ -35,7 +36,7 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
     out = {"python": platform.python_version()}
     for dist in ("embpress", "numpy", "scipy", "scikit-learn", "faiss-cpu", "torch", "transformers",
-                 "sentence-transformers", "pandas", "pyarrow", "tokenizers"):
+                 "sentence-transformers", "pandas", "pyarrow", "tokenizers", "torchao"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -58,6 +59,8 @@ def cache_key(info: ModelInfo, dataset: str, split: str, part: str, texts: list[
            "weights_sha256": info.weights_sha256, "max_seq_length": info.max_seq_length,
            "normalize": info.normalize, "prompt": prompt, "precision": precision,
            "texts_sha256": text_hash, "n_texts": len(texts)}
+    if info.entry.variant:  # only variants add the field: float32 keys stay what they were
+        key["variant"] = info.variant_settings
     key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return key
 
@@ -89,7 +92,7 @@ def _load_entry(npy: Path, manifest_path: Path) -> np.ndarray:
 
 
 def _encoder(info: ModelInfo, device: str):
-    key = f"{info.path}|{device}"
+    key = f"{info.entry.name}|{info.path}|{device}"
     if key not in _ENCODERS:
         log.info("loading model %s from %s", info.entry.name, info.path)
         _ENCODERS[key] = load_encoder(info, device=device)

@@ -127,14 +127,17 @@ def _free_fields(template: str, axes: dict[str, list]) -> list[str]:
 
 
 def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(spec, None) for the value of the free field meeting ``budget`` bytes exactly, else (None, why)."""
+    """(spec, None) for the value of the free field meeting ``budget`` bytes exactly, else (None, why).
+
+    When several values store the same bytes (``PCA121,BIN`` … ``PCA128,BIN`` all take 16 B), the
+    largest is taken: it uses the budget fully."""
     free = _free_fields(template, fixed)
     if len(free) != 1:
         raise SpecError(f"family {template!r} must leave exactly one field free for budgets, has {free}")
     name = free[0]
     nearest: list[tuple[int, str]] = []
     refusal = None
-    for value in range(1, 8 * dim + 1):
+    for value in range(8 * dim, 0, -1):
         spec = template.format(**fixed, **{name: value})
         try:
             pipe = parse_spec(spec)

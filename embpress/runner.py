@@ -201,12 +201,13 @@ def _iter_results(tasks: list[CellTask], executor: str, workers: int, threads: i
 
 def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers: int = 1,
             threads: int | None = None, scheduler: str | None = None, progress: bool = True,
+            fit_cache: bool = True,
             echo: Callable[[str], None] = lambda m: None) -> None:
     from tqdm.auto import tqdm
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if (workers > 1 or executor == "dask") else 0
     writer.meta["execution"] = {"executor": executor, "workers": workers, "threads_per_worker": threads,
-                                "scheduler": scheduler}
+                                "scheduler": scheduler, "fit_cache": fit_cache}
     writer.write_meta()
     bar = tqdm(total=len(tasks), unit="cell", desc="cells", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
@@ -220,7 +221,7 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
             writer.add_cell(row)
             bar.update(1)
         else:
-            runnable.append(t)
+            runnable.append(replace(t, fit_cache=fit_cache))
     try:
         for task, (row, per_query) in _iter_results(runnable, executor, workers, threads, scheduler):
             if per_query:
@@ -245,7 +246,7 @@ def _echo_cell(echo, row: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- the run
 def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progress: bool = True,
         echo: Callable[[str], None] | None = None, executor: str = "local", workers: int = 1,
-        threads: int | None = None, scheduler: str | None = None,
+        threads: int | None = None, scheduler: str | None = None, fit_cache: bool = True,
         resume: Path | None = None) -> tuple[pd.DataFrame, Path]:
     """Run a grid (or resume a run folder); returns the results table and the run folder."""
     echo = echo or (lambda msg: log.info(msg))
@@ -271,7 +272,7 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
         todo = [t for t in tasks if t.cell_id not in done]
         echo(f"{len(tasks)} cells, {len(todo)} to run")
         execute(todo, writer, executor=executor, workers=workers, threads=threads, scheduler=scheduler,
-                progress=progress, echo=echo)
+                progress=progress, echo=echo, fit_cache=fit_cache)
         status = "finished"
     except EmbpressError as exc:
         writer.meta["error"] = str(exc)

@@ -1,0 +1,237 @@
+"""Encoder variants: one model with compressed weights, used anywhere a model name is.
+
+A variant is named after the model with ``@``: ``all-MiniLM-L6-v2@int8-dynamic``. It is built at
+load time from the float32 weights (nothing extra is downloaded) and embedded and cached like any
+model: its name and the settings below go into the embedding cache key, so variants never share
+cache entries (``@fp32``, the reference, is the plain model and keeps its key).
+
+| variant | what | PyTorch API |
+| --- | --- | --- |
+| ``bf16`` | all weights and activations in bfloat16 | ``model.to(torch.bfloat16)`` |
+| ``fp16`` | all weights and activations in float16 | ``model.to(torch.float16)`` |
+| ``int8-dynamic`` | Linear weights int8 per tensor, activations quantized per batch at run time (x86: 7-bit) | ``torch.ao.quantization.quantize_dynamic`` |
+| ``int8-dynamic-channel`` | the same with per-output-channel weight scales | ``quantize_dynamic`` + ``per_channel_dynamic_qconfig`` |
+| ``int8-torchao`` | Linear weights int8 per row, activations int8 per token at run time | ``torchao.quantization.quantize_`` + ``Int8DynamicActivationInt8WeightConfig`` |
+
+Why two int8 APIs: torch 2.13 deprecates ``torch.ao.quantization`` (its warning says to migrate
+eager-mode ``quantize_dynamic`` to torchao's ``quantize_``), and torchao's int8 dynamic config is
+that replacement. On CPU without ``torch.compile``, torchao runs its int8 matmuls through generic
+ops and is several times *slower* than float32 (while agreeing far better with it: per-token
+activation scales), whereas the deprecated API still calls FBGEMM/oneDNN int8 kernels and is the
+only eager int8 path that is faster than float32 here. Both are offered so the benchmark shows
+the trade-off instead of picking one. Only Linear layers are quantized (the word-embedding
+matrix, half of MiniLM's weights, stays in float32), which ``model_memory_bytes`` shows.
+
+Nothing at module level imports torch: the cache key of a fully cached run needs only the table.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import settings
+from .errors import EmbpressError
+
+log = logging.getLogger("embpress")
+
+REFERENCE = "fp32"
+#: The quantized engine of the deprecated int8 API: its kernels (and so its numbers) differ per CPU family.
+QENGINE = "x86" if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") else "qnnpack"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str
+    settings: dict = field(default_factory=dict)   # goes into the embedding cache key
+    cpu_only: bool = False
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("bf16", "all weights and activations in bfloat16",
+            {"method": "cast", "dtype": "bfloat16"}),
+    Variant("fp16", "all weights and activations in float16",
+            {"method": "cast", "dtype": "float16"}),
+    Variant("int8-dynamic", "Linear layers: int8 weights (one scale per tensor), activations quantized "
+            "per batch at run time (torch.ao quantize_dynamic, deprecated API, FBGEMM/oneDNN kernels)",
+            {"method": "torch.ao.quantization.quantize_dynamic", "modules": "Linear", "weights": "qint8",
+             "qscheme": "per_tensor_affine", "activations": "dynamic per tensor", "engine": QENGINE},
+            cpu_only=True),
+    Variant("int8-dynamic-channel", "as int8-dynamic with one weight scale per output channel",
+            {"method": "torch.ao.quantization.quantize_dynamic", "modules": "Linear", "weights": "qint8",
+             "qscheme": "per_channel_affine", "activations": "dynamic per tensor", "engine": QENGINE},
+            cpu_only=True),
+    Variant("int8-torchao", "Linear layers: int8 weights (one scale per row), int8 activations "
+            "(one scale per token) at run time (torchao quantize_, the API torch 2.13 recommends)",
+            {"method": "torchao.quantization.quantize_", "config": "Int8DynamicActivationInt8WeightConfig",
+             "modules": "Linear", "weights": "int8 symmetric per row", "activations": "int8 symmetric per token",
+             "compiled": False}),
+)}
+
+
+def variant_names() -> list[str]:
+    return [REFERENCE, *VARIANTS]
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise EmbpressError(f"unknown encoder variant {name!r}; variants: {', '.join(variant_names())} "
+                            f"(written model@variant, e.g. all-MiniLM-L6-v2@int8-dynamic)") from None
+
+
+# ---------------------------------------------------------------------------- building
+def apply_variant(model, name: str, device: str = "cpu"):
+    """Turn a float32 sentence-transformers model into the variant (in place; returns it)."""
+    import torch
+    variant = get_variant(name)
+    if variant.cpu_only and device != "cpu":
+        raise EmbpressError(f"encoder variant {name} runs on the CPU only (asked for {device})")
+    method = variant.settings["method"]
+    if method == "cast":
+        return model.to(getattr(torch, variant.settings["dtype"]))
+    if method.startswith("torch.ao"):
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+        if QENGINE not in torch.backends.quantized.supported_engines:
+            raise EmbpressError(f"encoder variant {name} needs the {QENGINE} quantized engine; this torch "
+                                f"offers {', '.join(torch.backends.quantized.supported_engines)}")
+        torch.backends.quantized.engine = QENGINE
+        qconfig = (per_channel_dynamic_qconfig if variant.settings["qscheme"] == "per_channel_affine"
+                   else default_dynamic_qconfig)
+        with warnings.catch_warnings():  # the whole API is deprecated: said once, in the module docstring
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    if method.startswith("torchao"):
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError:
+            raise EmbpressError(f"encoder variant {name} needs torchao (pip install torchao==0.18.0)") from None
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+        return model
+    raise AssertionError(method)
+
+
+# ---------------------------------------------------------------------------- measuring
+#: The files a sentence-transformers folder needs besides its weights (tokenizer, configs).
+SUPPORT_FILES = ("modules.json", "sentence_bert_config.json", "config.json", "config_sentence_transformers.json",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                 "merges.txt", "sentencepiece.bpe.model", "spiece.model", "*/config.json")
+
+
+def _tensor_bytes(t) -> tuple[int, int]:
+    """(bytes held, logical parameter count) of a state-dict value: plain, quantized or subclass tensors."""
+    import torch
+    if isinstance(t, (tuple, list)):
+        parts = [_tensor_bytes(x) for x in t]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if not isinstance(t, torch.Tensor):
+        return 0, 0
+    if t.is_quantized:
+        extra = 16
+        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                           torch.per_channel_affine_float_qparams):
+            extra = t.q_per_channel_scales().nbytes + t.q_per_channel_zero_points().nbytes
+        return t.numel() * t.element_size() + extra, t.numel()
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()   # torchao: int8 data plus scales
+        return sum(_tensor_bytes(getattr(t, n))[0] for n in names), t.numel()
+    return t.numel() * t.element_size(), (t.numel() if t.is_floating_point() else 0)
+
+
+def footprint(model, folder=None) -> dict:
+    """Model size: parameters, bytes in memory (every tensor, scales included) and on disk
+    (the state dict as ``torch.save`` writes it, plus the tokenizer and config files of ``folder``)."""
+    import torch
+    state = model.state_dict()
+    held = [_tensor_bytes(v) for v in state.values()]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    support = 0
+    if folder is not None:
+        from pathlib import Path
+        support = sum(p.stat().st_size for pat in SUPPORT_FILES for p in Path(folder).glob(pat) if p.is_file())
+    return {"model_params": int(sum(h[1] for h in held)), "model_memory_bytes": int(sum(h[0] for h in held)),
+            "model_disk_bytes": buf.getbuffer().nbytes + support}
+
+
+def measure_throughput(model, texts: list[str], *, batch_size: int = 32, repeats: int = 2) -> float:
+    """Texts encoded per second: the best of ``repeats`` timed passes after one warm-up batch."""
+    model.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+        best = min(best, time.perf_counter() - t0)
+    return len(texts) / best
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean and minimum cosine between the rows of two embedding arrays of the same texts."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise EmbpressError(f"cannot compare embeddings of shapes {a.shape} and {b.shape}")
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"model_cosine_mean": float(cos.mean()), "model_cosine_min": float(cos.min())}
+
+
+def profile_texts(ds, n: int = 128) -> list[str]:
+    """A deterministic sample of a dataset's texts for ``variant_profile``: half queries and half
+    documents (retrieval) or the first sentences of both sides (sts)."""
+    if ds.task == "retrieval":
+        return ds.query_texts[:n // 2] + ds.corpus_texts[:n - min(n // 2, len(ds.query_texts))]
+    return (ds.sentences1[:n // 2] + ds.sentences2[:n // 2])[:n]
+
+
+def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: int | None = None,
+                    repeats: int = 2, use_cache: bool = True) -> dict:
+    """Size, speed and agreement of a model variant against its float32 base, on ``texts``.
+
+    Returns ``model_variant, model_base, model_params, model_memory_bytes, model_disk_bytes,
+    model_texts_per_s, model_base_texts_per_s, model_speedup, model_cosine_mean, model_cosine_min,
+    profile_texts, profile_batch_size, profile_threads``. Both models are timed in the same call
+    with the same batch size and threads (so ``model_speedup`` is the figure to compare across
+    machines). The result is cached by (model, texts, batch size, threads).
+    """
+    import torch
+    from .embed import _encoder, cache_key
+    from .models import base_entry, model_info
+    threads = threads or torch.get_num_threads()
+    base = base_entry(info.entry)
+    key = {**cache_key(info, "profile", "-", "-", texts), "batch_size": batch_size, "threads": threads,
+           "repeats": repeats}
+    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = settings.cache_dir() / "profiles" / info.entry.name / f"{key['id']}.json"
+    if use_cache and path.is_file():
+        return json.loads(path.read_text())["profile"]
+    if not texts:
+        raise EmbpressError(f"variant_profile of {info.entry.name}: no texts")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = _encoder(info, "cpu")
+        base_model = _encoder(model_info(base), "cpu") if info.entry.variant else model
+        out = {"model_variant": info.entry.variant or REFERENCE, "model_base": base.name,
+               **footprint(model, info.path)}
+        out["model_texts_per_s"] = measure_throughput(model, texts, batch_size=batch_size, repeats=repeats)
+        out["model_base_texts_per_s"] = (
+            measure_throughput(base_model, texts, batch_size=batch_size, repeats=repeats)
+            if base_model is not model else out["model_texts_per_s"])
+        out["model_speedup"] = out["model_texts_per_s"] / out["model_base_texts_per_s"]
+        kw = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+        out.update(agreement(np.asarray(model.encode(texts, **kw), dtype=np.float32),
+                             np.asarray(base_model.encode(texts, **kw), dtype=np.float32)))
+    finally:
+        torch.set_num_threads(saved)
+    out.update(profile_texts=len(texts), profile_batch_size=batch_size, profile_threads=threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "profile": out, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    return out

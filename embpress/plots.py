@@ -1,0 +1,277 @@
+"""The report's figures (matplotlib, Agg backend), one function per question.
+
+Each function takes the report's prepared table (result rows plus ``line``: the family or grid
+template a point belongs to, ``panel``: the dataset (and model) it was measured on, ``ci_low`` /
+``ci_high``: the bootstrap interval of ``retained_pct``, ``pareto``: on its panel's frontier) and
+returns a figure, or None when the run has nothing to show for that question.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import pareto_mask  # noqa: E402
+
+plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "embpress", "font.size": 9,
+                     "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False})
+
+METRIC_LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10",
+                 "spearman": "Spearman", "knn_recall_at_10": "neighbour recall@10",
+                 "knn_recall_at_100": "neighbour recall@100"}
+FRONTIER = dict(color="black", alpha=0.25, linewidth=6, solid_capstyle="round", zorder=1)
+RESCORE = re.compile(r":rescore=(\d+)")
+
+
+def colours(labels) -> dict[str, tuple]:
+    """One colour per line label, stable across every figure of a report."""
+    labels = sorted({str(x) for x in labels})
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
+
+
+def _grid(n: int, height: float = 4.0, width: float = 6.2):
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _legend(fig, axes) -> None:
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if handles:
+        fig.legend([handles[l] for l in labels], labels, loc="lower center", ncol=min(len(labels), 5),
+                   frameon=False, fontsize=8)
+        fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / 5), 1, 1))
+    else:
+        fig.tight_layout()
+
+
+def _frontier(ax, pts: pd.DataFrame, x: str, y: str, label_col: str | None = "compressor") -> None:
+    pts = pts.sort_values(x)
+    if pts.empty:
+        return
+    ax.plot(pts[x], pts[y], label="Pareto frontier", **FRONTIER)
+    if label_col:
+        for _, r in pts.iterrows():
+            ax.annotate(str(r[label_col]), (r[x], r[y]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="#333")
+
+
+def _lines(ax, g: pd.DataFrame, x: str, y: str, colour: dict, err: tuple[str, str] | None = None,
+           scale: pd.Series | None = None) -> None:
+    for line, pts in g.groupby("line", sort=True):
+        pts = pts.sort_values(x)
+        yerr = None
+        if err is not None and pts[list(err)].notna().all().all():
+            s = 1.0 if scale is None else scale.loc[pts.index]
+            yerr = np.vstack([(pts[y] - pts[err[0]] * s).clip(lower=0), (pts[err[1]] * s - pts[y]).clip(lower=0)])
+        ax.errorbar(pts[x], pts[y], yerr=yerr, marker="o", markersize=4, linewidth=1.3, capsize=2,
+                    color=colour[str(line)], label=str(line), zorder=3)
+
+
+def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
+    """Quality retained (% of float32) against bytes per vector, one panel per dataset."""
+    data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
+    if data.empty:
+        return None
+    panels = list(dict.fromkeys(data["panel"]))
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        g = data[data.panel == panel]
+        metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
+        ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+        _frontier(ax, g[g.pareto], "bytes_per_vector", "retained_pct")
+        _lines(ax, g, "bytes_per_vector", "retained_pct", colour, err=("ci_low", "ci_high"))
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per vector (log scale)")
+        ax.set_ylabel(f"% of float32 {metric} (95 % CI)")
+        ax.set_title(f"{panel}: {metric} retained")
+    fig.suptitle("Quality kept at each storage budget (higher and further left is better)", fontsize=11)
+    _legend(fig, axes)
+    return fig
+
+
+def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
+    """Neighbour recall@10 (overlap with the exact float32 top 10) against bytes per vector."""
+    data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "bytes_per_vector"])
+    if data.empty:
+        return None
+    panels = list(dict.fromkeys(data["panel"]))
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        g = data[data.panel == panel]
+        _frontier(ax, g[pareto_mask(g, ("bytes_per_vector", "knn_recall_at_10"))], "bytes_per_vector",
+                  "knn_recall_at_10", None)
+        _lines(ax, g, "bytes_per_vector", "knn_recall_at_10", colour)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 102)
+        ax.set_xlabel("bytes per vector (log scale)")
+        ax.set_ylabel("neighbour recall@10 (% of exact top 10)")
+        ax.set_title(f"{panel}: same neighbours as float32?")
+    fig.suptitle("Neighbour recall@10 against storage", fontsize=11)
+    _legend(fig, axes)
+    return fig
+
+
+def qps_vs_recall(ok: pd.DataFrame, colour: dict):
+    """Search queries per second against neighbour recall@10 (the ann-benchmarks view)."""
+    data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "search_qps"])
+    if data.empty:
+        return None
+    panels = list(dict.fromkeys(data["panel"]))
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        g = data[data.panel == panel]
+        _frontier(ax, g[pareto_mask(g, ("knn_recall_at_10", "search_qps"))], "knn_recall_at_10", "search_qps")
+        for line, pts in g.groupby("line", sort=True):
+            ax.scatter(pts["knn_recall_at_10"], pts["search_qps"], s=22, color=colour[str(line)],
+                       label=str(line), zorder=3)
+        ax.set_yscale("log")
+        ax.set_xlabel("neighbour recall@10 (%)")
+        ax.set_ylabel("queries per second (exact scan of the codes, log scale)")
+        ax.set_title(f"{panel}: speed against accuracy")
+    fig.suptitle("Search throughput against recall (up and to the right is better)", fontsize=11)
+    _legend(fig, axes)
+    return fig
+
+
+def speed_by_family(ok: pd.DataFrame, colour: dict):
+    """Encode throughput and fit time of every cell, grouped by technique family."""
+    data = ok.dropna(subset=["family"])
+    data = data[data["encode_vps"].notna() | data["fit_s"].notna()]
+    if data.empty:
+        return None
+    families = sorted(data["family"].astype(str).unique())
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 0.45 * len(families) + 1.8), squeeze=False)
+    rng = np.random.default_rng(0)
+    floor = 1e-5
+    for ax, col, label in ((axes[0, 0], "encode_vps", "vectors encoded per second (log scale)"),
+                           (axes[0, 1], "fit_s", f"fit seconds (log scale; under {floor:g} s drawn at {floor:g})")):
+        for i, fam in enumerate(families):
+            v = data.loc[data.family.astype(str) == fam, col].dropna().astype(float)
+            if col == "fit_s":
+                v = v.clip(lower=floor)
+            if v.empty:
+                continue
+            ax.scatter(v, i + rng.uniform(-0.15, 0.15, len(v)), s=18, color=colour.get(fam, "C0"), zorder=3)
+            ax.plot([v.median()] * 2, [i - 0.3, i + 0.3], color="black", linewidth=1.5)
+        ax.set_yticks(range(len(families)), families)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_title("Encode throughput (higher is better); bar = median")
+    axes[0, 1].set_title("Fit time on the calibration vectors (lower is better)")
+    fig.tight_layout()
+    return fig
+
+
+def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
+    """STS Spearman (x100) against bytes per vector, float32 drawn as a dashed line."""
+    data = ok[ok.task == "sts"].dropna(subset=["spearman", "bytes_per_vector"])
+    if data.empty:
+        return None
+    panels = list(dict.fromkeys(data["panel"]))
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        g = data[data.panel == panel]
+        base = float(g["baseline_quality"].iloc[0])
+        ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="float32")
+        _frontier(ax, g[pareto_mask(g, ("bytes_per_vector", "spearman"))], "bytes_per_vector", "spearman", None)
+        _lines(ax, g, "bytes_per_vector", "spearman", colour, err=("ci_low", "ci_high"),
+               scale=g["baseline_quality"].astype(float) / 100)
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per vector (log scale)")
+        ax.set_ylabel("Spearman × 100 (95 % CI)")
+        ax.set_title(f"{panel}: similarity ranking kept")
+    fig.suptitle("STS Spearman against storage", fontsize=11)
+    _legend(fig, axes)
+    return fig
+
+
+def rescore_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """Rows of compressors with ``rescore=N`` (N > 0) and their base (the spec without it)."""
+    mult = ok["compressor"].astype(str).str.extract(RESCORE)[0].astype(float)
+    out = ok.assign(multiplier=mult, base=ok["compressor"].astype(str).str.replace(RESCORE, "", regex=True))
+    return out[out.multiplier > 0]
+
+
+def rescoring(ok: pd.DataFrame, colour: dict):
+    """Quality retained against the rescoring multiplier (top k × m candidates re-ranked)."""
+    data = rescore_table(ok).dropna(subset=["retained_pct"])
+    if data.empty:
+        return None
+    panels = list(dict.fromkeys(data["panel"]))
+    bases = sorted(data["base"].unique())
+    base_colour = colours(bases)
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        g = data[data.panel == panel]
+        for base, pts in g.groupby("base", sort=True):
+            pts = pts.sort_values("multiplier")
+            c = base_colour[base]
+            yerr = np.vstack([(pts.retained_pct - pts.ci_low).clip(lower=0), (pts.ci_high - pts.retained_pct).clip(lower=0)]) \
+                if pts[["ci_low", "ci_high"]].notna().all().all() else None
+            ax.errorbar(pts.multiplier, pts.retained_pct, yerr=yerr, marker="o", markersize=4, capsize=2,
+                        color=c, label=f"{base} + rescoring")
+            plain = ok[(ok.panel == panel) & (ok.compressor == base)]
+            if len(plain):
+                ax.axhline(float(plain.retained_pct.iloc[0]), color=c, linestyle="--", linewidth=1,
+                           label=f"{base}, no rescoring")
+        ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rescoring multiplier (candidates = k × multiplier, log scale)")
+        ax.set_ylabel("% of float32 quality (95 % CI)")
+        ax.set_title(f"{panel}: what rescoring buys")
+    fig.suptitle("Rescoring: quality against the candidate multiplier", fontsize=11)
+    _legend(fig, axes)
+    return fig
+
+
+def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, frontier: pd.DataFrame,
+               reference: str):
+    """Model-side compression: quality (% of the reference encoder's float32) against model size
+    and encode speed, with the embedding-compression frontier of the reference beside them."""
+    panels = [(size_col, "model size (log scale)")] + ([(speed_col, "encode throughput, texts/s (log scale)")]
+                                                        if speed_col else [])
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.0 * (len(panels) + 1), 4.4), squeeze=False)
+    axes = list(axes.flat)
+    datasets = sorted(variants["dataset"].unique())
+    dcol = colours(datasets)
+    for ax, (col, label) in zip(axes, panels):
+        for ds, pts in variants.groupby("dataset", sort=True):
+            pts = pts.dropna(subset=[col, "ref_pct"]).sort_values(col)
+            ax.plot(pts[col].astype(float), pts["ref_pct"], marker="o", linestyle="none", color=dcol[ds], label=ds)
+            for _, r in pts.iterrows():
+                ax.annotate(str(r["model"]), (float(r[col]), r["ref_pct"]), textcoords="offset points",
+                            xytext=(4, 3), fontsize=7, color="#333")
+        ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"% of {reference} float32 quality")
+        ax.set_title(f"Encoder variants: quality against {label.split(',')[0].split(' (')[0]}")
+    ax = axes[-1]
+    for ds, pts in frontier.groupby("dataset", sort=True):
+        pts = pts.sort_values("bytes_per_vector")
+        ax.plot(pts.bytes_per_vector, pts.retained_pct, marker="s", color=dcol.get(ds, "C0"), label=ds)
+    ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per vector (log scale)")
+    ax.set_ylabel(f"% of {reference} float32 quality")
+    ax.set_title(f"Embedding compression frontier ({reference})")
+    fig.suptitle("Model-side compression beside embedding compression", fontsize=11)
+    _legend(fig, axes)
+    return fig

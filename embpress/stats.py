@@ -1,0 +1,151 @@
+"""Statistics over result tables: paired bootstrap intervals and Pareto frontiers.
+
+* :func:`paired_bootstrap`: a 95 % interval for *retained %* (a compressor's quality as % of the
+  float32 baseline), resampling queries (or STS pairs) with replacement and recomputing both the
+  compressed and the baseline statistic on the same resample, so the interval reflects the paired
+  difference, not the spread of the dataset. Spearman is recomputed on each resample of pairs,
+  with the gold scores resampled alongside.
+* :func:`pareto_mask`: which rows no other row beats on every objective, with each objective's
+  direction taken from the metric registry (:data:`embpress.metrics.METRICS`).
+
+Both are used by the report and by ``embpress compare``; nothing else computes them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from .metrics import METRICS
+
+Statistic = str | Callable[[np.ndarray, np.ndarray | None], float]
+
+
+def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of x with the same row of y (average ranks for ties)."""
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis=1) / den
+
+
+def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """The (n_boot, n) resampling indices: the same seed gives the same resamples."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def paired_bootstrap(compressed_per_query, baseline_per_query, statistic: Statistic = "mean", *,
+                     gold=None, n_boot: int = 1000, seed: int = 0,
+                     confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``100 * statistic(compressed) / statistic(baseline)`` over paired
+    resamples of the queries (or pairs).
+
+    ``statistic``: ``"mean"`` (retrieval and neighbour metrics: the per-query values are averaged),
+    ``"spearman"`` (STS: the per-pair similarities are correlated with ``gold``, resampled with the
+    same indices), or a callable ``f(values, gold_or_None) -> float`` applied to each resample.
+    Returns ``(low, high)`` in percent; resamples whose baseline statistic is 0 are left out.
+    """
+    c = np.asarray(compressed_per_query, dtype=np.float64).ravel()
+    b = np.asarray(baseline_per_query, dtype=np.float64).ravel()
+    g = None if gold is None else np.asarray(gold, dtype=np.float64).ravel()
+    if len(c) != len(b) or (g is not None and len(g) != len(c)):
+        raise ValueError(f"paired arrays differ in length: {len(c)}, {len(b)}"
+                         + (f", gold {len(g)}" if g is not None else ""))
+    if len(c) == 0:
+        raise ValueError("no queries to resample")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    idx = bootstrap_indices(len(c), n_boot, seed)
+    if statistic == "mean":
+        num, den = c[idx].mean(axis=1), b[idx].mean(axis=1)
+    elif statistic == "spearman":
+        if g is None:
+            raise ValueError("statistic 'spearman' needs the gold scores")
+        gi = g[idx]
+        num, den = _rowwise_spearman(c[idx], gi), _rowwise_spearman(b[idx], gi)
+    elif callable(statistic):
+        num = np.array([statistic(c[i], None if g is None else g[i]) for i in idx])
+        den = np.array([statistic(b[i], None if g is None else g[i]) for i in idx])
+    else:
+        raise ValueError(f"unknown statistic {statistic!r} (mean, spearman or a callable)")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = 100.0 * num / den
+    ratio = ratio[np.isfinite(ratio)]
+    if len(ratio) == 0:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(ratio, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------------------- per-query files of a run
+def baseline_path(run_dir: Path, model: str, dataset: str) -> Path:
+    """Where the runner saved a (model, dataset)'s float32 ground truth."""
+    from .runner import _safe
+    return Path(run_dir) / "per_query" / f"baseline__{_safe(model)}__{_safe(dataset)}.npz"
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def paired_arrays(run_dir: Path, row) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None] | None:
+    """(compressed per query, baseline per query, statistic, gold) of one ok cell's main metric, or
+    None when its per-query files are missing."""
+    run_dir = Path(run_dir)
+    cell = run_dir / "per_query" / f"{row['cell_id']}.npz"
+    base = baseline_path(run_dir, row["model"], row["dataset"])
+    if not (cell.is_file() and base.is_file()):
+        return None
+    c, b = load_npz(cell), load_npz(base)
+    if row["task"] == "sts":
+        return c["similarity"], b["similarity"], "spearman", b["gold"]
+    metric = row["main_metric"]
+    if metric not in c:
+        return None
+    if metric in b:
+        return c[metric], b[metric], "mean", None
+    if metric.startswith("knn_recall"):  # the exact search overlaps itself fully, for every query
+        return c[metric], np.full(len(c[metric]), 100.0), "mean", None
+    return None
+
+
+def retained_ci(run_dir: Path, row, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """The 95 % paired-bootstrap interval of one ok result row's ``retained_pct``, from the run's
+    per-query files (None when they are missing)."""
+    arrays = paired_arrays(run_dir, row)
+    if arrays is None:
+        return None
+    c, b, statistic, gold = arrays
+    return paired_bootstrap(c, b, statistic, gold=gold, n_boot=n_boot, seed=seed)
+
+
+# ---------------------------------------------------------------------------- Pareto frontier
+def pareto_mask(df: pd.DataFrame, objectives: Iterable[str] = ("bytes_per_vector", "retained_pct")) -> pd.Series:
+    """True for each row that no other row dominates (at least as good on every objective and
+    better on one), with the better direction of each objective from the metric registry. Rows
+    with a missing objective are never on the frontier; identical rows are both kept."""
+    objectives = list(objectives)
+    unknown = [o for o in objectives if o not in METRICS]
+    if unknown:
+        raise KeyError(f"no direction for {', '.join(unknown)} in embpress.metrics.METRICS")
+    if len(df) == 0:
+        return pd.Series([], index=df.index, dtype=bool)
+    sign = np.array([1.0 if METRICS[o].higher_is_better else -1.0 for o in objectives])
+    values = df[objectives].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64) * sign
+    valid = np.isfinite(values).all(axis=1)
+    x = values[valid]
+    at_least = (x[None, :, :] >= x[:, None, :]).all(axis=2)   # [i, j]: j at least as good as i
+    better = (x[None, :, :] > x[:, None, :]).any(axis=2)      # [i, j]: j better than i somewhere
+    dominated = (at_least & better).any(axis=1)
+    mask = np.zeros(len(df), dtype=bool)
+    mask[np.flatnonzero(valid)[~dominated]] = True
+    return pd.Series(mask, index=df.index)
+

@@ -1,0 +1,182 @@
+"""The budget grid: budgets solved per family, infeasible cells kept, fitted compressors cached,
+parallel, resumable after kill -9, on a real Dask cluster, and on bring-your-own vectors."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import embpress
+from embpress.errors import EmbpressError
+from embpress.grid import RunConfig, expand, solve_budget
+from embpress.runner import run
+
+QUALITY = ["ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman", "knn_recall_at_10", "knn_recall_at_100",
+           "bytes_per_vector", "overhead_bytes", "retained_pct"]
+
+
+def small_config(**kw):
+    base = dict(datasets=["scifact", "stsbenchmark"], models=["all-MiniLM-L6-v2"], compressors=["F32", "SQ8"],
+                budgets=[16, 64, 256], families=["PCA{d},SQ8", "PQ{m}x8", "SQ{bits}"],
+                max_queries=150, max_docs=600)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.mark.parametrize("template, budget, expect", [
+    ("PQ{m}x8", 32, "PQ32x8"), ("PCA{d},BIN", 16, "PCA128,BIN"), ("SQ{bits}", 192, "SQ4"),
+    ("PCA{d}", 256, "PCA64"), ("PCA{d},SQ8", 64, "PCA64,SQ8"), ("PQ{m}x4", 8, "PQ16x4"),
+])
+def test_budget_is_met_exactly(template, budget, expect):
+    assert solve_budget(template, budget, 384, {}) == (expect, None)
+
+
+def test_infeasible_budgets_say_why():
+    spec, why = solve_budget("SQ{bits}", 16, 384, {})
+    assert spec is None and "no SQ{bits} stores exactly 16 B/vector on 384-d" in why and "SQ2 = 96 B" in why
+    spec, why = solve_budget("PQ{m}x8", 256, 384, {})
+    assert spec is None and "do not split into 256 equal sub-vectors" in why
+
+
+def test_expand_with_axes_and_fixed_specs():
+    cfg = RunConfig(datasets=["scifact"], models=["minilm"], compressors=["F32"], budgets=[16, 32],
+                    families=["PCA{d},SQ{b}"], axes={"b": [8, 4]})
+    cells = expand(cfg, 384)
+    assert [c.compressor for c in cells] == ["F32", "PCA16,SQ8", "PCA32,SQ8", "PCA32,SQ4", "PCA64,SQ4"]
+    assert {c.budget for c in cells[1:]} == {16, 32}
+
+
+def test_grid_run_keeps_infeasible_cells_and_caches_fits():
+    df1, dir1 = run(small_config(), progress=False)
+    assert set(df1.dataset) == {"scifact", "stsbenchmark"}
+    inf = df1[df1.status == "infeasible"]
+    assert len(inf) and inf.error.str.len().min() > 20           # every infeasible cell has its reason
+    assert ((inf.template == "SQ{bits}") & (inf.budget == 16)).any()
+    ok = df1[df1.status == "ok"]
+    assert (ok[ok.budget.notna()].bytes_per_vector == ok[ok.budget.notna()].budget).all()
+    trained = ok[ok.compressor.str.contains("PCA|PQ")]
+    assert not trained.fit_cached.any()
+    df2, _ = run(small_config(), progress=False)
+    trained2 = df2[df2.compressor.isin(trained.compressor) & (df2.status == "ok")]
+    assert trained2.fit_cached.all(), "a rerun retrains nothing"
+    pd.testing.assert_frame_equal(df1[QUALITY].reset_index(drop=True), df2[QUALITY].reset_index(drop=True))
+    meta = json.loads((dir1 / "run.json").read_text())
+    assert meta["status"] == "finished" and len(meta["order"]) == len(df1)
+    assert (dir1 / "per_query" / f"{ok.iloc[0].cell_id}.npz").is_file()
+
+
+def test_parallel_workers_give_the_same_results():
+    cfg = small_config(datasets=["scifact"], budgets=[32], families=["PQ{m}x8", "PCA{d},SQ8"])
+    serial, _ = run(cfg, progress=False)
+    parallel, pdir = run(cfg, progress=False, workers=2)
+    assert json.loads((pdir / "run.json").read_text())["execution"]["workers"] == 2
+    pd.testing.assert_frame_equal(serial[QUALITY], parallel[QUALITY])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dask_cluster_gives_the_same_results(tmp_path):
+    cfg = small_config(datasets=["scifact"], budgets=[32], families=["PQ{m}x8"], compressors=["F32", "BIN"])
+    local, _ = run(cfg, progress=False)
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", f"tcp://127.0.0.1:{port}",
+                                           "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                                           "--local-directory", str(tmp_path)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(f"tcp://127.0.0.1:{port}", timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        remote, rdir = run(cfg, progress=False, executor="dask", scheduler=f"tcp://127.0.0.1:{port}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    assert json.loads((rdir / "run.json").read_text())["execution"]["executor"] == "dask"
+    pd.testing.assert_frame_equal(local[QUALITY], remote[QUALITY])
+
+
+def test_unreachable_scheduler_is_one_line():
+    with pytest.raises(EmbpressError, match="cannot reach the Dask scheduler"):
+        run(small_config(datasets=["stsbenchmark"], families=[], budgets=[]), progress=False,
+            executor="dask", scheduler=f"tcp://127.0.0.1:{_free_port()}")
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    grid = tmp_path / "resume.toml"
+    grid.write_text('datasets = ["scifact", "stsbenchmark"]\nmodels = ["all-MiniLM-L6-v2"]\n'
+                    'compressors = ["F32", "F16", "SQ8", "SQ4", "BIN"]\nbudgets = [8, 16, 32, 64, 128]\n'
+                    'families = ["PCA{d},SQ8", "PCA{d},SQ4", "PQ{m}x8", "PCA{d},BIN"]\n'
+                    'max_queries = 150\nmax_docs = 600\n')
+    env = dict(os.environ)
+    # embed first so that the kill lands in the grid, not in the encoder
+    subprocess.run([sys.executable, "-m", "embpress.cli", "run", "--grid", str(grid), "-c", "F32", "--no-progress", "-q"],
+                   env=env, check=True, capture_output=True)
+    out = tmp_path / "killed"
+    # cold fits (--no-fit-cache) keep the run slow enough to be killed in the middle
+    proc = subprocess.Popen([sys.executable, "-m", "embpress.cli", "run", "--grid", str(grid), "--out", str(out),
+                             "--no-progress", "-q", "--no-fit-cache"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = out / "cells.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not cells.is_file() or len(cells.read_text().splitlines()) < 12):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(cells.read_text().splitlines())
+    assert 12 <= n_before, "the run finished before it could be killed"
+    with open(cells, "a") as f:                 # a torn line, as a kill in mid-write leaves
+        f.write('{"cell_id": "torn", "compr')
+    p = subprocess.run([sys.executable, "-m", "embpress.cli", "run", "--resume", str(out), "--no-progress",
+                        "--no-fit-cache"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"resuming: {n_before} cells already done" in p.stderr
+    resumed = pd.read_parquet(out / "results.parquet")
+    full, _ = run(embpress.grid.load_grid(str(grid)), progress=False)
+    assert not resumed.cell_id.duplicated().any() and "torn" not in set(resumed.cell_id)
+    assert list(resumed.cell_id) == list(full.cell_id)
+    pd.testing.assert_frame_equal(resumed[QUALITY], full[QUALITY])
+
+
+def test_bring_your_own_vectors(tmp_path, corpus_vectors, query_vectors, scifact_sample):
+    ds, _ = scifact_sample
+    only = tmp_path / "prod-vectors"
+    only.mkdir()
+    np.save(only / "corpus.npy", corpus_vectors)
+    df, rdir = run(RunConfig(datasets=[str(only)], models=["minilm"], compressors=["F32", "SQ8", "BIN"]),
+                   progress=False)
+    assert set(df.task) == {"neighbours"} and df.ndcg_at_10.isna().all()
+    assert df.loc[df.compressor == "F32", "knn_recall_at_10"].item() == 100
+    assert df.n_queries.iloc[0] == 40 and df.n_vectors.iloc[0] == 360   # 10 % held out as queries
+    full = tmp_path / "with-qrels"
+    full.mkdir()
+    np.save(full / "corpus.npy", corpus_vectors)
+    np.save(full / "queries.npy", query_vectors)
+    (full / "corpus_ids.txt").write_text("\n".join(ds.corpus_ids))
+    (full / "query_ids.txt").write_text("\n".join(ds.query_ids))
+    (full / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{s}\n" for q, docs in ds.qrels.items() for d, s in docs.items()))
+    df2, _ = embpress.run(datasets=[str(full)], compressors=["F32", "SQ8"], progress=False), None
+    assert set(df2.task) == {"retrieval"} and df2.ndcg_at_10.notna().all()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "corpus.npy", np.full((10, 4), np.nan, dtype=np.float32))
+    with pytest.raises(EmbpressError, match="NaN"):
+        run(RunConfig(datasets=[str(bad)], models=["minilm"], compressors=["F32"]), progress=False)
