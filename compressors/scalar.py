@@ -102,7 +102,10 @@ class ScalarQuantizer(Codec):
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         q = self.unpack(codes).astype(np.float32)
-        return self.start_ + (q + np.float32(0.5)) * self.step_
+        # a dimension constant on the calibration data encodes with step 1 (as sentence-transformers
+        # does) but decodes to its constant, not to the middle of a unit-wide bucket
+        step = np.where(self.ranges_[1] == self.ranges_[0], np.float32(0), self.step_)
+        return self.start_ + (q + np.float32(0.5)) * step
 
     def pair_vectors(self, codes: np.ndarray) -> np.ndarray:
         """What STS compares: the dequantised vectors, or for ``score=raw`` the int8 codes themselves."""
