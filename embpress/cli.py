@@ -5,6 +5,7 @@
     embpress run -d scifact -c PCA128,SQ8 -c BIN      choose datasets, models (-m) and compressor specs
     embpress list                     datasets, models and compressor stages
     embpress show RUN                 print the table of an earlier run
+    embpress report RUN               build its HTML report (reports/<run-id>/index.html)
 
 Bad input (unknown names, malformed specs or grids, missing data) prints one line and exits 2.
 """
@@ -57,6 +58,27 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="print the results table of a run folder")
     sh.add_argument("run", type=Path)
+
+    rp = sub.add_parser("report", help="build the HTML report of a run (reports/<run-id>/index.html)")
+    rp.add_argument("run", help="run folder, or a run id under the results folder")
+    rp.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run-id>)")
+
+    dl = sub.add_parser("distill", help="train a student encoder to mimic a teacher's embeddings (MSE on "
+                        "training-split texts); saved as a model usable with -m NAME")
+    dl.add_argument("--teacher", default="all-mpnet-base-v2", help="teacher model (default all-mpnet-base-v2)")
+    dl.add_argument("--student", default="all-MiniLM-L6-v2", help="student model; a Dense layer maps it "
+                    "to the teacher's dimension (default all-MiniLM-L6-v2)")
+    dl.add_argument("--name", default="all-MiniLM-L6-v2-mpnet-distilled", help="name of the trained model")
+    dl.add_argument("--max-texts", type=int, default=3000, help="training texts sampled (0 = all; default 3000)")
+    dl.add_argument("--holdout", type=int, default=200, help="of them kept out to measure the fit (default 200)")
+    dl.add_argument("--epochs", type=int, default=1, help="passes over the training texts (default 1)")
+    dl.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    dl.add_argument("--batch-size", type=int, default=32)
+    dl.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate (default 5e-5)")
+    dl.add_argument("--init", choices=["lstsq", "random"], default="lstsq",
+                    help="projection start: ridge fit to the teacher (default) or random")
+    dl.add_argument("--seed", type=int, default=0)
+    dl.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -128,6 +150,17 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _cmd_distill(args) -> int:
+    from .distill import run_cli
+    return run_cli(args)
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+    print(build_report(args.run, args.out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -138,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show}[args.command](args)
+        return {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
+                "distill": _cmd_distill, "report": _cmd_report}[args.command](args)
     except (EmbpressError, SpecError) as exc:
         print(f"embpress: error: {exc}", file=sys.stderr)
         return 2

@@ -144,7 +144,8 @@ def _tensor_bytes(t) -> tuple[int, int]:
     if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()   # torchao: int8 data plus scales
         return sum(_tensor_bytes(getattr(t, n))[0] for n in names), t.numel()
-    return t.numel() * t.element_size(), (t.numel() if t.is_floating_point() else 0)
+    # parameters: floating tensors of rank ≥ 1 (not int buffers, not the unused 0-d output qparams)
+    return t.numel() * t.element_size(), (t.numel() if t.is_floating_point() and t.dim() > 0 else 0)
 
 
 def footprint(model, folder=None) -> dict:

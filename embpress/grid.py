@@ -5,7 +5,8 @@
     models = ["all-MiniLM-L6-v2"]
     compressors = ["F32", "F16", "SQ8"]          # fixed specs, run as they are
     budgets = [16, 32, 64, 128, 256, 512]        # bytes per vector
-    families = ["PCA{d},SQ8", "PQ{m}x8", "BIN:rescore={mult}"]
+    families = ["PCA{d},SQ8", "PQ{m}x8", "BIN:rescore={mult}",
+                {template = "LSQ{m}x8", budgets = [8, 16]}]   # a family's own budgets
 
     [axes]                                       # values for named template fields
     mult = [2, 4, 10]
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressors import SpecError, parse_spec
+from compressors import SpecError, get_stage_class, parse_spec
 
 from . import settings
 from .errors import EmbpressError
@@ -39,7 +40,7 @@ class RunConfig:
     models: list[str]
     compressors: list[str] = field(default_factory=list)
     budgets: list[int] = field(default_factory=list)
-    families: list[str] = field(default_factory=list)
+    families: list[str | dict[str, Any]] = field(default_factory=list)
     axes: dict[str, list[Any]] = field(default_factory=dict)
     k: int = 100
     max_queries: int | None = None
@@ -53,7 +54,14 @@ class RunConfig:
         return asdict(self)
 
 
-_LIST_KEYS = {"datasets": str, "models": str, "compressors": str, "budgets": int, "families": str}
+_LIST_KEYS = {"datasets": str, "models": str, "compressors": str, "budgets": int, "families": (str, dict)}
+
+
+def family_parts(family: str | dict[str, Any], budgets: list[int]) -> tuple[str, list[int]]:
+    """A family entry is a template string, or {template = "...", budgets = [...]}."""
+    if isinstance(family, str):
+        return family, budgets
+    return family["template"], list(family.get("budgets", budgets))
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -78,12 +86,19 @@ def config_from_dict(raw: dict[str, Any], where: str) -> RunConfig:
             raise EmbpressError(f"{where}: missing {key}")
     for key, typ in _LIST_KEYS.items():
         if key in raw and (not isinstance(raw[key], list) or not all(isinstance(x, typ) for x in raw[key])):
-            raise EmbpressError(f"{where}: {key} must be a list of {typ.__name__}s")
+            raise EmbpressError(f"{where}: {key} must be a list of "
+                                f"{' or '.join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))}s")
+    for fam in raw.get("families", []):
+        if isinstance(fam, dict) and (not isinstance(fam.get("template"), str) or set(fam) - {"template", "budgets"}
+                                      or not all(isinstance(b, int) and b > 0 for b in fam.get("budgets", []))):
+            raise EmbpressError(f"{where}: a family table needs template = \"...\" and optionally "
+                                f"budgets = [positive ints], got {fam}")
     if not raw.get("compressors") and not raw.get("families"):
         raise EmbpressError(f"{where}: needs compressors or families")
-    if raw.get("families") and any(_free_fields(t, raw.get("axes", {})) for t in raw["families"]) \
-            and not raw.get("budgets"):
-        raise EmbpressError(f"{where}: families with a free field need budgets")
+    for fam in raw.get("families", []):
+        template, budgets = family_parts(fam, raw.get("budgets", []))
+        if _free_fields(template, raw.get("axes", {})) and not budgets:
+            raise EmbpressError(f"{where}: family {template!r} has a free field but no budgets")
     if "axes" in raw and (not isinstance(raw["axes"], dict)
                           or not all(isinstance(v, list) and v for v in raw["axes"].values())):
         raise EmbpressError(f"{where}: [axes] must map field names to non-empty lists")
@@ -126,15 +141,23 @@ def _free_fields(template: str, axes: dict[str, list]) -> list[str]:
     return [f for f in _fields(template) if f not in axes]
 
 
-def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(spec, None) for the value of the free field meeting ``budget`` bytes exactly, else (None, why).
+#: A family realises a budget with the largest setting that fits in it and fills at least this
+#: share of it; below that the cell is infeasible (e.g. SQ2 = 96 B does not stand for 128 B).
+BUDGET_FILL = 0.85
 
-    When several values store the same bytes (``PCA121,BIN`` … ``PCA128,BIN`` all take 16 B), the
-    largest is taken: it uses the budget fully."""
+
+def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(spec, None) for the setting of the free field that realises ``budget`` bytes, else (None, why).
+
+    The budget is met exactly when some value does (``PQ{m}x8`` at 32 B → ``PQ32x8``); when several
+    values store the same bytes (``PCA121,BIN`` … ``PCA128,BIN`` all take 16 B) the largest is taken.
+    Otherwise the largest value that fits within the budget and fills at least ``BUDGET_FILL`` of it
+    (``HYB8`` = 63 B for 64 B); the row's ``bytes_per_vector`` always says what is really stored."""
     free = _free_fields(template, fixed)
     if len(free) != 1:
         raise SpecError(f"family {template!r} must leave exactly one field free for budgets, has {free}")
     name = free[0]
+    best_under: tuple[int, str] | None = None
     nearest: list[tuple[int, str]] = []
     refusal = None
     for value in range(8 * dim, 0, -1):
@@ -152,25 +175,50 @@ def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) ->
             continue
         if size == budget:
             return spec, None
+        if size < budget and (best_under is None or size > best_under[0]):
+            best_under = (size, spec)
         nearest.append((abs(size - budget), f"{spec} = {size} B"))
+    if best_under is not None and best_under[0] >= BUDGET_FILL * budget:
+        return best_under[1], None
     if refusal:
         return None, refusal
     near = ", ".join(s for _, s in sorted(nearest)[:2]) or "none"
-    return None, f"no {template} stores exactly {budget} B/vector on {dim}-d vectors (nearest: {near})"
+    return None, f"no {template} fits {budget} B/vector on {dim}-d vectors (nearest: {near})"
+
+
+def check_template(template: str, axes: dict[str, list]) -> None:
+    """Refuse a family whose stages or options do not exist (a typo must not become a column of
+    infeasible cells)."""
+    sample = {f: (axes[f][0] if f in axes else 8) for f in _fields(template)}
+    try:
+        spec = template.format(**sample)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
+    for token in spec.split(","):
+        head, *options = token.strip().split(":")
+        try:
+            cls = get_stage_class(head)
+        except SpecError as exc:
+            raise SpecError(f"family {template!r}: {exc}") from None
+        for opt in options:
+            name = opt.split("=", 1)[0]
+            if name not in cls.param_defaults():
+                raise SpecError(f"family {template!r}: {head} has no option {name!r}")
 
 
 def expand(config: RunConfig, dim: int) -> list[CellSpec]:
     """The compressor settings for a model of dimension ``dim``: fixed specs, then every family
     at every axis value and budget."""
     cells = [CellSpec(parse_spec(s).to_spec()) for s in config.compressors]
-    for template in config.families:
+    for family in config.families:
+        template, budgets = family_parts(family, config.budgets)
         axis_names = [f for f in _fields(template) if f in config.axes]
         combos = [dict(zip(axis_names, vals)) for vals in itertools.product(*(config.axes[a] for a in axis_names))]
         for fixed in combos:
             if not _free_fields(template, fixed):
                 cells.append(CellSpec(parse_spec(template.format(**fixed)).to_spec(), template))
                 continue
-            for budget in config.budgets:
+            for budget in budgets:
                 spec, why = solve_budget(template, budget, dim, fixed)
                 if spec is not None:
                     cells.append(CellSpec(parse_spec(spec).to_spec(), template, budget))

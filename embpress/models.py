@@ -270,18 +270,29 @@ def model_info(entry: ModelEntry) -> ModelInfo:
     except (OSError, ValueError):
         modules = []
     normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    max_seq = sbert.get("max_seq_length")
+    if max_seq is None and entry.source == "distilled":  # sentence-transformers ≥ 6 saves it with the tokenizer
+        try:
+            max_seq = json.loads((path / "tokenizer_config.json").read_text()).get("model_max_length")
+        except (OSError, ValueError):
+            pass
     digest = weights_hash(path, recursive=entry.source == "distilled")
     revision = path.name if entry.source == "hub" and len(path.name) == 40 else f"sha256:{digest}"
-    return ModelInfo(entry, path, digest, sbert.get("max_seq_length"), normalize, revision)
+    return ModelInfo(entry, path, digest, max_seq, normalize, revision)
+
+
+def quiet_third_party_logs() -> None:
+    """transformers imports torchao whenever it is installed; on a CPU its notices (CUDA kernels that
+    cannot load, no triton, pytree registrations) are noise. Call before importing sentence-transformers."""
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def load_encoder(info: ModelInfo, device: str = "cpu"):
     """The sentence-transformers model itself, as its variant (imports torch; only called to encode)."""
     if info.entry.source != "hub":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # transformers imports torchao when it is installed; its CUDA-kernel and pytree notices are noise on CPU
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_third_party_logs()
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer(str(info.path), device=device)
     if info.entry.variant:

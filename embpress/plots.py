@@ -27,6 +27,7 @@ METRIC_LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at
                  "knn_recall_at_100": "neighbour recall@100"}
 FRONTIER = dict(color="black", alpha=0.25, linewidth=6, solid_capstyle="round", zorder=1)
 RESCORE = re.compile(r":rescore=(\d+)")
+RESCORE_WITH = re.compile(r":rescore_with=[^:]*")
 
 
 def colours(labels) -> dict[str, tuple]:
@@ -203,9 +204,13 @@ def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
 
 
 def rescore_table(ok: pd.DataFrame) -> pd.DataFrame:
-    """Rows of compressors with ``rescore=N`` (N > 0) and their base (the spec without it)."""
-    mult = ok["compressor"].astype(str).str.extract(RESCORE)[0].astype(float)
-    out = ok.assign(multiplier=mult, base=ok["compressor"].astype(str).str.replace(RESCORE, "", regex=True))
+    """Rows of compressors with ``rescore=N`` (N > 0), their ``base`` (the spec without the
+    multiplier: one line per base) and ``plain`` (without any rescoring option: the same code with
+    no rescoring copy)."""
+    spec = ok["compressor"].astype(str)
+    mult = spec.str.extract(RESCORE)[0].astype(float)
+    base = spec.str.replace(RESCORE, "", regex=True)
+    out = ok.assign(multiplier=mult, base=base, plain=base.str.replace(RESCORE_WITH, "", regex=True))
     return out[out.multiplier > 0]
 
 
@@ -227,10 +232,11 @@ def rescoring(ok: pd.DataFrame, colour: dict):
                 if pts[["ci_low", "ci_high"]].notna().all().all() else None
             ax.errorbar(pts.multiplier, pts.retained_pct, yerr=yerr, marker="o", markersize=4, capsize=2,
                         color=c, label=f"{base} + rescoring")
-            plain = ok[(ok.panel == panel) & (ok.compressor == base)]
+            name = pts["plain"].iloc[0]
+            plain = ok[(ok.panel == panel) & (ok.compressor == name)]
             if len(plain):
                 ax.axhline(float(plain.retained_pct.iloc[0]), color=c, linestyle="--", linewidth=1,
-                           label=f"{base}, no rescoring")
+                           label=f"{name}, no rescoring")
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("rescoring multiplier (candidates = k × multiplier, log scale)")

@@ -28,7 +28,7 @@ from .cells import CellTask, ground_truth, run_cell, save_npz
 from .data import is_vector_folder, load_card, load_dataset, load_vector_folder
 from .embed import embed_dataset
 from .errors import EmbpressError
-from .grid import CellSpec, RunConfig, cell_id, config_from_dict, expand, load_grid  # noqa: F401 (re-export)
+from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_parts, load_grid  # noqa: F401
 from .models import model_info, resolve_model
 from .results import RunWriter, format_table, new_run_dir
 
@@ -58,20 +58,53 @@ def plan(config: RunConfig) -> Plan:
                     pipe.check_dim(entry.dim)
                 except SpecError as exc:
                     raise SpecError(f"{spec} on {entry.name} ({entry.dim}-d): {exc}") from None
-    for template in config.families:
+    for family in config.families:
+        template, _ = family_parts(family, config.budgets)
+        check_template(template, config.axes)
         try:
             for entry in entries:
                 if entry.dim is not None:
-                    expand(replace(config, compressors=[], families=[template]), entry.dim)
+                    expand(replace(config, compressors=[], families=[family]), entry.dim)
         except (KeyError, IndexError, ValueError) as exc:
             raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
     if config.k < 1:
         raise EmbpressError(f"k must be at least 1, got {config.k}")
-    cal = config.calibration
-    if not (cal == "corpus" or (cal.startswith("sample:") and cal[7:].isdigit() and int(cal[7:]) > 0)
-            or (cal.startswith("dataset:") and load_card(cal[8:]))):
-        raise EmbpressError(f"calibration {cal!r} must be corpus, sample:N or dataset:NAME")
+    _check_calibration(config.calibration)
     return Plan(config, entries)
+
+
+def _check_calibration(cal: str) -> None:
+    if cal == "corpus" or (cal.startswith("sample:") and cal[7:].isdigit() and int(cal[7:]) > 0):
+        return
+    if cal.startswith("dataset:") and cal[8:]:
+        for name in cal[8:].split("+"):
+            load_card(name)
+        return
+    if cal.startswith("file:"):
+        from .data import _load_npy
+        _load_npy(Path(cal[5:]))
+        return
+    raise EmbpressError(f"calibration {cal!r} must be corpus, sample:N, dataset:NAME[+NAME...] or file:PATH.npy")
+
+
+def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progress: bool) -> str | None:
+    """Separate calibration vectors: other datasets' corpora (embedded with the same model, joined
+    once into the run folder) or a user's .npy file."""
+    import numpy as np
+    if cal.startswith("file:"):
+        return str(Path(cal[5:]).resolve())
+    if not cal.startswith("dataset:"):
+        return None
+    parts = []
+    for name in cal[8:].split("+"):
+        vecs = embed_dataset(info, load_dataset(name), batch_size=batch_size, progress=progress)
+        parts.append(vecs["corpus"] if "corpus" in vecs else np.concatenate([vecs["sentences1"], vecs["sentences2"]]))
+    if len(parts) == 1:
+        return str(parts[0].filename)
+    path = writer.dir / "vectors" / f"calibration__{_safe(info.entry.name)}__{_safe(cal[8:])}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.concatenate([np.asarray(p) for p in parts]).astype(np.float32))
+    return str(path)
 
 
 def _vector_paths(vectors: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -116,11 +149,9 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
         writer.meta.setdefault("baselines", {})[f"{model}|{ds.name}"] = baseline
         writer.write_meta()
         echo(f"{ds.name} · {model}: float32 baseline " + ", ".join(f"{m}={v:.2f}" for m, v in baseline.items()))
-        cal_path = None
-        if config.calibration.startswith("dataset:"):
-            other = load_dataset(config.calibration[8:])
-            cal_path = str(embed_dataset(info, other, batch_size=config.batch_size,
-                                         progress=progress)["corpus"].filename)
+        cal_path = (_calibration_path(config.calibration, info, writer, config.batch_size, progress)
+                    if entry is not None else
+                    (str(Path(config.calibration[5:]).resolve()) if config.calibration.startswith("file:") else None))
         dim = next(iter(vectors.values())).shape[1]
         for cell in expand(config, dim):
             tasks.append(CellTask(
@@ -267,12 +298,16 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
     status = "interrupted"
     t0 = time.perf_counter()
     try:
+        t_prep = time.perf_counter()
         tasks = prepare(the_plan, writer, progress, echo)
+        writer.meta["prepare_s"] = round(time.perf_counter() - t_prep, 3)
         writer.meta["order"] = [t.cell_id for t in tasks]
         todo = [t for t in tasks if t.cell_id not in done]
         echo(f"{len(tasks)} cells, {len(todo)} to run")
+        t_cells = time.perf_counter()
         execute(todo, writer, executor=executor, workers=workers, threads=threads, scheduler=scheduler,
                 progress=progress, echo=echo, fit_cache=fit_cache)
+        writer.meta["cell_wall_s"] = round(time.perf_counter() - t_cells, 3)
         status = "finished"
     except EmbpressError as exc:
         writer.meta["error"] = str(exc)

@@ -18,21 +18,32 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from .metrics import METRICS
 
 Statistic = str | Callable[[np.ndarray, np.ndarray | None], float]
 
 
-def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row of x with the same row of y (average ranks for ties)."""
-    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+def _resample_ranks(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Average ranks each element of x would have inside every resample, where ``counts[b, i]``
+    is how often element i was drawn in resample b (ties, original or from repeats, share a rank)."""
+    uniq, inv = np.unique(x, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
+    per_value = np.add.reduceat(counts[:, order], starts, axis=1)        # draws of each distinct value
+    below = np.cumsum(per_value, axis=1) - per_value
+    return (below + (per_value + 1) / 2)[:, inv]
+
+
+def _resample_spearman(x: np.ndarray, gold_ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Spearman of x with gold on every resample: the Pearson correlation of within-resample ranks,
+    each element weighted by how often it was drawn (equal to ranking the resampled arrays)."""
+    rx = _resample_ranks(x, counts)
+    n = counts.sum(axis=1, keepdims=True)
+    dx = rx - (counts * rx).sum(axis=1, keepdims=True) / n
+    dg = gold_ranks - (counts * gold_ranks).sum(axis=1, keepdims=True) / n
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (rx * ry).sum(axis=1) / den
+        return (counts * dx * dg).sum(axis=1) / np.sqrt((counts * dx * dx).sum(axis=1) * (counts * dg * dg).sum(axis=1))
 
 
 def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -67,15 +78,18 @@ def paired_bootstrap(compressed_per_query, baseline_per_query, statistic: Statis
     elif statistic == "spearman":
         if g is None:
             raise ValueError("statistic 'spearman' needs the gold scores")
-        gi = g[idx]
-        num, den = _rowwise_spearman(c[idx], gi), _rowwise_spearman(b[idx], gi)
+        n_boot_, n = idx.shape
+        counts = np.bincount((idx + n * np.arange(n_boot_)[:, None]).ravel(), minlength=n_boot_ * n)
+        counts = counts.reshape(n_boot_, n).astype(np.float64)
+        gold_ranks = _resample_ranks(g, counts)
+        num, den = _resample_spearman(c, gold_ranks, counts), _resample_spearman(b, gold_ranks, counts)
     elif callable(statistic):
         num = np.array([statistic(c[i], None if g is None else g[i]) for i in idx])
         den = np.array([statistic(b[i], None if g is None else g[i]) for i in idx])
     else:
         raise ValueError(f"unknown statistic {statistic!r} (mean, spearman or a callable)")
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = 100.0 * num / den
+        ratio = 100.0 * (num / den)
     ratio = ratio[np.isfinite(ratio)]
     if len(ratio) == 0:
         return float("nan"), float("nan")

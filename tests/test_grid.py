@@ -40,9 +40,19 @@ def test_budget_is_met_exactly(template, budget, expect):
 
 def test_infeasible_budgets_say_why():
     spec, why = solve_budget("SQ{bits}", 16, 384, {})
-    assert spec is None and "no SQ{bits} stores exactly 16 B/vector on 384-d" in why and "SQ2 = 96 B" in why
+    assert spec is None and "no SQ{bits} fits 16 B/vector on 384-d" in why and "SQ2 = 96 B" in why
+    assert solve_budget("SQ{bits}", 128, 384, {})[0] is None          # SQ2 = 96 B is too far below 128 B
+    assert solve_budget("HYB{n}", 64, 384, {}) == ("HYB8", None)       # 63 B: the largest within 64 B
     spec, why = solve_budget("PQ{m}x8", 256, 384, {})
     assert spec is None and "do not split into 256 equal sub-vectors" in why
+
+
+def test_unknown_stage_in_a_family_is_refused():
+    from embpress.runner import plan
+    with pytest.raises(Exception, match="unknown compressor stage 'PQX8'"):
+        plan(small_config(families=["PQX{m}"]))
+    with pytest.raises(Exception, match="has no option 'foo'"):
+        plan(small_config(families=["PQ{m}x8:foo=1"]))
 
 
 def test_expand_with_axes_and_fixed_specs():
@@ -180,3 +190,20 @@ def test_bring_your_own_vectors(tmp_path, corpus_vectors, query_vectors, scifact
     np.save(bad / "corpus.npy", np.full((10, 4), np.nan, dtype=np.float32))
     with pytest.raises(EmbpressError, match="NaN"):
         run(RunConfig(datasets=[str(bad)], models=["minilm"], compressors=["F32"]), progress=False)
+
+
+def test_calibration_on_separate_vectors_is_recorded(tmp_path, corpus_vectors):
+    cfg = small_config(datasets=["scifact"], compressors=["SQ8", "PQ16x8"], families=[], budgets=[],
+                       calibration="sample:300")
+    df, _ = run(cfg, progress=False)
+    assert (df.calibration == "sample:300").all() and (df.n_train == 300).all()
+    np.save(tmp_path / "calib.npy", corpus_vectors[:350])
+    df2, _ = run(replace_cfg(cfg, calibration=f"file:{tmp_path / 'calib.npy'}"), progress=False)
+    assert (df2.n_train == 350).all() and df2.calibration.str.startswith("file:").all()
+    with pytest.raises(EmbpressError, match="must be corpus, sample:N"):
+        run(replace_cfg(cfg, calibration="bogus"), progress=False)
+
+
+def replace_cfg(cfg, **kw):
+    from dataclasses import replace
+    return replace(cfg, **kw)

@@ -1,0 +1,440 @@
+"""The HTML report: built from real runs (the quick grid; bring-your-own vectors with neighbour and
+STS data only, infeasible and failed cells), opened in real headless Chromium, its frontier
+recomputed from the results table, and its bootstrap intervals checked."""
+from __future__ import annotations
+
+import fcntl
+import functools
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from html import escape as html_escape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import spearmanr
+
+import embpress
+import embpress.runner
+from embpress.cli import main as cli_main
+from embpress.report import build_report
+from embpress.results import load_run
+from embpress.stats import bootstrap_indices, paired_bootstrap, pareto_mask
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# ---------------------------------------------------------------------------- a real browser over CDP
+class Chromium:
+    """Headless Chromium driven by the Chrome DevTools Protocol over --remote-debugging-pipe (fds 3
+    and 4, NUL-terminated JSON messages), so no websocket or browser-automation package is needed."""
+
+    def __init__(self, profile: Path, width: int = 1280, height: int = 900):
+        to_child_r, self._w = os.pipe()
+        self._r, from_child_w = os.pipe()
+        # move the child's ends above fd 9 (close-on-exec), so dup2 onto 3 and 4 clobbers neither
+        hi_r, hi_w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_child_r, from_child_w))
+        os.close(to_child_r)
+        os.close(from_child_w)
+
+        def place():
+            os.dup2(hi_r, 3)
+            os.dup2(hi_w, 4)
+
+        args = [CHROMIUM, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--no-default-browser-check", "--disable-dev-shm-usage",
+                "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
+        # close_fds=False: the fds placed at 3 and 4 must survive; Python's own fds close on exec anyway
+        self.proc = subprocess.Popen(args, close_fds=False, preexec_fn=place, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(hi_r)
+        os.close(hi_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict] = []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.call(f"{domain}.enable", session=True)
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self._buf:
+            if time.time() > deadline:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._r, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"Chromium closed the pipe (exit {self.proc.poll()})")
+            self._buf += chunk
+        msg, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method: str, session: bool = False, timeout: float = 30, **params):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = self.session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.time() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, timeout: float = 30) -> dict:
+        deadline = time.time() + timeout
+        for i, ev in enumerate(self.events):
+            if ev.get("method") == method:
+                return self.events.pop(i)
+        while True:
+            ev = self._read(deadline)
+            if ev.get("method") == method:
+                return ev
+            self.events.append(ev)
+
+    def goto(self, url: str) -> None:
+        self.events.clear()
+        self.call("Page.navigate", session=True, url=url)
+        self.wait_event("Page.loadEventFired")
+
+    def js(self, expression: str, await_promise: bool = False):
+        res = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True,
+                        awaitPromise=await_promise)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"{expression[:60]}…: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    def click(self, selector: str) -> None:
+        """A real mouse click (pressed + released) at the centre of the element."""
+        box = self.js(f"(() => {{ const el = document.querySelector({json.dumps(selector)}); "
+                      f"el.scrollIntoView({{block: 'center'}}); const r = el.getBoundingClientRect(); "
+                      f"return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", session=True, type=kind, x=box[0], y=box[1], button="left",
+                      clickCount=1)
+
+    def errors(self) -> list[str]:
+        out = []
+        for ev in self.events:
+            m, p = ev.get("method"), ev.get("params", {})
+            if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(f"console.{p['type']}: {p.get('args')}")
+            elif m == "Runtime.exceptionThrown":
+                out.append(f"exception: {p.get('exceptionDetails')}")
+            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
+        return out
+
+    def requests(self) -> list[str]:
+        return [ev["params"]["request"]["url"] for ev in self.events if ev.get("method") == "Network.requestWillBeSent"]
+
+    def screenshot(self) -> bytes:
+        import base64
+        w, h = self.js("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        data = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": w, "height": h, "scale": 1})["data"]
+        return base64.b64decode(data)
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=5)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._r)
+        os.close(self._w)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed (make install does: apt-get install -y chromium)")
+    b = Chromium(tmp_path / "profile")
+    yield b
+    b.close()
+
+
+# ---------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def quick_report():
+    df = embpress.run(grid="quick", progress=False)
+    run_dir = Path(df.attrs["run_dir"])
+    return run_dir, build_report(run_dir)
+
+
+class _Lists(HTMLParser):
+    """The page's Pareto lists: {(class, data-panel or data-model): [compressor, ...]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.lists: dict[tuple[str, str], list[str]] = {}
+        self._cur = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "ul" and a.get("class") in ("pareto", "pareto-overall"):
+            self._cur = (a["class"], a.get("data-panel") or a.get("data-model"))
+            self.lists[self._cur] = []
+        elif tag == "li" and self._cur and "data-compressor" in a:
+            self.lists[self._cur].append(a["data-compressor"])
+
+    def handle_endtag(self, tag):
+        if tag == "ul":
+            self._cur = None
+
+
+def _frontier_by_hand(points: pd.DataFrame) -> set[str]:
+    """Non-dominated compressors: fewer bytes is better, more retained is better."""
+    keep = set()
+    for i, p in points.iterrows():
+        dominated = any(q.bytes_per_vector <= p.bytes_per_vector and q.retained_pct >= p.retained_pct
+                        and (q.bytes_per_vector < p.bytes_per_vector or q.retained_pct > p.retained_pct)
+                        for j, q in points.iterrows() if j != i)
+        if not dominated:
+            keep.add(p.compressor)
+    return keep
+
+
+# ---------------------------------------------------------------------------- tests
+def test_report_opens_in_headless_chromium(quick_report, browser, tmp_path):
+    run_dir, index = quick_report
+    out = index.parent
+    assert index == Path(os.environ["EMBPRESS_REPORTS"]) / run_dir.name / "index.html"
+    html = index.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not reference the network"
+    for name in ("quality_vs_bytes", "knn_recall_vs_bytes", "qps_vs_recall", "speed_by_family", "sts_vs_bytes"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+        assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    assert "no compressor with rescore= in its spec" in html      # the quick grid has none: said, not drawn
+    for name in ("cells_scifact", "cells_stsbenchmark", "best_per_budget", "loss_scifact"):
+        assert (out / "tables" / f"{name}.md").read_text().startswith("| ")
+    assert len(pd.read_csv(out / "tables" / "all_cells.csv")) == 14
+
+    for url in (index.as_uri(), None):
+        if url is None:  # the same page from a plain static server on the loopback interface
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+            handler.log_message = lambda *a: None
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
+        else:
+            server = None
+        try:
+            browser.goto(url)
+            widths = browser.js("Promise.all(Array.from(document.images, i => i.decode().then(() => i.naturalWidth)))",
+                                await_promise=True)
+            assert len(widths) == 5 and min(widths) >= 600, widths
+            assert browser.errors() == []
+            assert [u for u in browser.requests() if not u.startswith(("data:", url.rsplit("/", 1)[0]))] == []
+        finally:
+            if server:
+                server.shutdown()
+
+    png = browser.screenshot()
+    (tmp_path / "report.png").write_bytes(png)
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    assert img.width == 1280 and img.height > 3000, img.size          # the whole page, figures included
+    small = np.asarray(img.resize((128, img.height // 10)))
+    assert len(np.unique(small.reshape(-1, 3), axis=0)) > 200          # not a blank or one-colour page
+
+    # sorting: a real click on the "B/vec" header of the scifact table reorders its rows
+    sel = "#table-cells_scifact"
+    col = browser.js(f"Array.from(document.querySelectorAll('{sel} thead th')).findIndex(th => th.textContent === 'B/vec')")
+    read = f"Array.from(document.querySelectorAll('{sel} tbody tr'), r => Number(r.cells[{col}].dataset.v))"
+    before = browser.js(read)
+    browser.click(f"{sel} thead th:nth-child({col + 1})")
+    asc = browser.js(read)
+    assert asc == sorted(before) and asc != before
+    browser.click(f"{sel} thead th:nth-child({col + 1})")
+    assert browser.js(read) == sorted(before, reverse=True)
+    names = f"Array.from(document.querySelectorAll('{sel} tbody tr'), r => r.cells[0].textContent)"
+    browser.click(f"{sel} thead th:nth-child(1)")
+    assert browser.js(names) == sorted(browser.js(names))
+    assert browser.errors() == []
+
+
+def test_page_lists_the_pareto_frontier_of_the_results_table(quick_report):
+    run_dir, index = quick_report
+    df = pd.read_csv(run_dir / "results.csv")
+    parser = _Lists()
+    parser.feed(index.read_text())
+    ok = df[df.status == "ok"]
+    for dataset, g in ok.groupby("dataset"):
+        expect = _frontier_by_hand(g)
+        assert set(parser.lists[("pareto", dataset)]) == expect
+        assert set(g.loc[pareto_mask(g), "compressor"]) == expect
+    # overall: mean retained % over both datasets
+    mean = ok.groupby("compressor").agg(bytes_per_vector=("bytes_per_vector", "first"),
+                                        retained_pct=("retained_pct", "mean")).reset_index()
+    assert set(parser.lists[("pareto-overall", "all-MiniLM-L6-v2")]) == _frontier_by_hand(mean)
+    # PQ16x8 is the smallest code: always on the frontier; F32 is never better than F16 here
+    assert "PQ16x8" in parser.lists[("pareto", "scifact")]
+
+
+def test_verdicts_and_intervals_match_the_results(quick_report):
+    run_dir, index = quick_report
+    df, _ = load_run(run_dir)
+    html = index.read_text()
+    verdicts = dict(re.findall(r'<li data-budget="(\d+)">([^<]*)</li>', html))
+    sci = df[(df.dataset == "scifact") & (df.status == "ok")]
+    for budget, line in verdicts.items():
+        best = sci[sci.bytes_per_vector <= int(budget)].sort_values("retained_pct", ascending=False).iloc[0]
+        assert f"{best.compressor} " in line and f"keeps {best.retained_pct:.1f} % of nDCG@10 on scifact" in line
+    assert verdicts["48"].startswith("At 48 B/vector (32× smaller than float32), BIN keeps")
+    # the intervals in the CSV are the paired bootstrap of the per-query files
+    cells = pd.read_csv(index.parent / "tables" / "cells_scifact.csv")
+    for _, r in cells.iterrows():
+        assert r.ci_low <= r.retained_pct + 1e-9 <= r.ci_high + 2e-9 or r.ci_low == r.ci_high
+    f32 = cells[cells.compressor == "F32"].iloc[0]
+    assert f32.ci_low == f32.ci_high == 100 and f32.vs_f32 == "≈"
+    assert (cells.loc[cells.compressor == "BIN", "vs_f32"] == "lower").all()
+
+
+def test_paired_bootstrap_is_paired_and_handles_spearman():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 100, 400)
+    # the same per-query values: exactly 100 %, however noisy the queries are
+    assert paired_bootstrap(base, base) == (100.0, 100.0)
+    # a 2 % uniform loss is detected even though queries vary far more than 2 %
+    low, high = paired_bootstrap(0.98 * base, base, n_boot=500)
+    assert 97.9 < low <= 98.0 <= high < 98.1
+    # unpaired noise of the same size gives a wide interval that contains 100
+    low, high = paired_bootstrap(rng.permutation(base), base, n_boot=500)
+    assert low < 100 < high and high - low > 5
+    # STS: Spearman with the gold scores, recomputed on resampled pairs
+    gold = rng.uniform(0, 5, 300)
+    good = gold + rng.normal(0, 0.5, 300)
+    worse = gold + rng.normal(0, 2.0, 300)
+    low, high = paired_bootstrap(worse, good, "spearman", gold=gold, n_boot=300, seed=3)
+    assert high < 100
+    # ... equal to scipy's Spearman on the explicitly resampled arrays (ties from repeats averaged)
+    gold = np.round(gold * 2) / 2                                       # STS-like tied gold scores
+    by_hand = [100 * spearmanr(worse[i], gold[i]).statistic / spearmanr(good[i], gold[i]).statistic
+               for i in bootstrap_indices(300, 200, seed=5)]
+    assert paired_bootstrap(worse, good, "spearman", gold=gold, n_boot=200, seed=5) == \
+        pytest.approx(tuple(np.percentile(by_hand, [2.5, 97.5])), rel=1e-9)
+    assert paired_bootstrap(good, good, "spearman", gold=gold, n_boot=50) == (100.0, 100.0)
+    # a callable statistic (median) works the same way
+    low, high = paired_bootstrap(0.9 * base, base, lambda v, g: float(np.median(v)), n_boot=100)
+    assert low == pytest.approx(90) and high == pytest.approx(90)
+    with pytest.raises(ValueError, match="gold"):
+        paired_bootstrap(good, good, "spearman")
+    with pytest.raises(ValueError, match="length"):
+        paired_bootstrap(base[:10], base[:11])
+
+
+def test_pareto_mask_uses_the_metric_directions():
+    df = pd.DataFrame({"bytes_per_vector": [16, 32, 32, 64, 8, np.nan],
+                       "retained_pct": [90, 95, 94, 95, 50, 99],
+                       "search_qps": [10, 5, 50, 1, 1, 1]})
+    assert list(pareto_mask(df)) == [True, True, False, False, True, False]
+    # higher q/s is better: the 94 % cell at 32 B is now on the frontier too
+    assert list(pareto_mask(df, ("bytes_per_vector", "retained_pct", "search_qps"))) == \
+        [True, True, True, False, True, False]
+    with pytest.raises(KeyError, match="no direction"):
+        pareto_mask(df, ("bytes_per_vector", "nonsense"))
+
+
+def _quick_vectors(minilm, name):
+    """The quick grid's embeddings of a dataset sample (already cached by the quick run)."""
+    from embpress.data import load_dataset
+    from embpress.embed import embed_dataset
+    grid = embpress.runner.load_grid("quick")
+    ds = load_dataset(name, max_queries=grid.max_queries, max_docs=grid.max_docs)
+    return ds, {k: np.asarray(v) for k, v in embed_dataset(minilm, ds, progress=False).items()}
+
+
+def test_bring_your_own_neighbours_and_sts_with_infeasible_and_failed_cells(quick_report, minilm, tmp_path, capsys):
+    from embpress.embed import STATS
+    calls = STATS["encoder_calls"]
+    neighbours = tmp_path / "prod-vectors"
+    neighbours.mkdir()
+    np.save(neighbours / "corpus.npy", _quick_vectors(minilm, "scifact")[1]["corpus"])   # no queries, no qrels
+    sts = tmp_path / "pairs"
+    sts.mkdir()
+    ds, vecs = _quick_vectors(minilm, "stsbenchmark")
+    np.save(sts / "sentences1.npy", vecs["sentences1"])
+    np.save(sts / "sentences2.npy", vecs["sentences2"])
+    np.save(sts / "scores.npy", np.asarray(ds.scores))
+    assert STATS["encoder_calls"] == calls                            # the quick run's embeddings, reused
+    grid = tmp_path / "byo.toml"
+    grid.write_text(f'datasets = ["{neighbours}", "{sts}"]\nmodels = ["minilm"]\ncompressors = ["F32", "SQ4", "BIN", "BIN:rescore=2", "BIN:rescore=8"]\n'
+                    'budgets = [5, 24]\nfamilies = ["PQ{m}x8"]\n')
+    df = embpress.run(grid=str(grid), progress=False)
+    run_dir = Path(df.attrs["run_dir"])
+    assert set(df.task) == {"neighbours", "sts"} and (df.status == "infeasible").sum() == 2
+    # a cell that failed (as run_cell records an unexpected error) must show with its error
+    rows = pd.read_parquet(run_dir / "results.parquet")
+    failed = {"dataset": "prod-vectors", "task": "neighbours", "model": "(vectors)", "compressor": "PQ12x8",
+              "status": "failed", "budget": 12, "template": "PQ{m}x8", "cell_id": "f" * 12,
+              "error": "RuntimeError: worker lost"}
+    pd.concat([rows, pd.DataFrame([failed])], ignore_index=True).to_parquet(run_dir / "results.parquet")
+
+    assert cli_main(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0
+    index = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert index == tmp_path / "rep" / "index.html"
+    html = index.read_text()
+    reasons = [html_escape(r) for r in df.loc[df.status == "infeasible", "error"]]
+    for text in ["neighbour recall@10 on prod-vectors", "of Spearman on pairs", "worker lost",
+                 "per-query loss needs qrels", "id=\"fig-rescoring\"", *reasons]:
+        assert text in html, text
+    assert 'class="failed"' in html and 'class="infeasible"' in html
+    assert "model-side" not in html                                  # no encoder variants: no section
+    figures = {p.stem for p in (index.parent / "figures").glob("*.png")}
+    assert figures == {"quality_vs_bytes", "knn_recall_vs_bytes", "qps_vs_recall", "speed_by_family", "sts_vs_bytes",
+                       "rescoring"}
+    cells = pd.read_csv(index.parent / "tables" / "cells_prod-vectors.csv")
+    assert cells.loc[cells.status == "ok", "ci_low"].notna().all()
+    assert (cells.loc[cells.compressor == "F32", ["ci_low", "ci_high"]] == 100).all().all()
+
+
+def test_report_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a run folder" in err[0]
+
+
+def test_model_side_section_appears_with_model_track_columns(quick_report, tmp_path):
+    run_dir, _ = quick_report
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    rows = pd.read_parquet(copy / "results.parquet")
+    # model-track columns as the encoder profile adds them (test input: one encoder, its own reference)
+    rows["model_memory_bytes"], rows["model_texts_per_s"] = 90_868_224, 310.0
+    rows.to_parquet(copy / "results.parquet")
+    index = build_report(copy, tmp_path / "rep")
+    html = index.read_text()
+    assert 'id="model-side"' in html and (tmp_path / "rep" / "figures" / "model_side.png").stat().st_size > 5000
+    table = pd.read_csv(tmp_path / "rep" / "tables" / "model_side.csv")
+    assert list(table["% of all-MiniLM-L6-v2 on scifact"]) == [100.0]
+
+
+def test_model_variants_are_relative_to_the_largest_encoder():
+    from embpress.report import model_columns, model_variants
+    df = pd.DataFrame({"model": ["big", "big", "small", "small", "big"], "dataset": ["a", "b", "a", "b", "a"],
+                       "compressor": ["F32", "F32", "F32", "F32", "SQ8"], "status": "ok",
+                       "quality": [80.0, 50.0, 60.0, 45.0, 79.0], "model_params": [110e6, 110e6, 22e6, 22e6, 110e6],
+                       "model_base_texts_per_s": 1.0, "model_texts_per_s": [100, 100, 400, 400, 100]})
+    assert model_columns(df) == ("model_params", "model_texts_per_s")
+    rows, ref = model_variants(df, "model_params")
+    assert ref == "big" and list(rows.ref_pct) == [100, 100, 75, 90]
+    assert model_columns(df.drop(columns=["model_params"])) == (None, "model_texts_per_s")
