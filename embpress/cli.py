@@ -6,6 +6,7 @@
     embpress list                     datasets, models and compressor stages
     embpress show RUN                 print the table of an earlier run
     embpress report RUN               build its HTML report (reports/<run-id>/index.html)
+    embpress compare RUN_A RUN_B      per-cell deltas of two runs; exit 1 on a regression
 
 Bad input (unknown names, malformed specs or grids, missing data) prints one line and exits 2.
 """
@@ -51,6 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="refit every compressor instead of reusing cached fits (e.g. to time a cold grid)")
     r.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask, tcp://HOST:8786")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the table")
 
     ls = sub.add_parser("list", help="list datasets, models and compressor stages")
@@ -62,6 +64,23 @@ def _build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="build the HTML report of a run (reports/<run-id>/index.html)")
     rp.add_argument("run", help="run folder, or a run id under the results folder")
     rp.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run-id>)")
+
+    cp = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a regression (a CI gate)")
+    cp.add_argument("run_a", metavar="RUN_A", help="run folder, run id under the results folder, or git commit "
+                    "(the latest run recorded for it)")
+    cp.add_argument("run_b", metavar="RUN_B", help="the run checked against RUN_A, named the same ways")
+    cp.add_argument("--quality-tol", type=float, default=0.5, metavar="POINTS",
+                    help="a drop of the main metric by more than this is a regression (default 0.5 points)")
+    cp.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                    help="paired bootstrap resamples; a drop whose 95%% interval excludes no change is a "
+                         "regression too (default 1000; 0: tolerance only)")
+    cp.add_argument("--speed-ratio", type=float, default=1.2, metavar="X",
+                    help="slower than X times A's encode, search or fit time is a regression (default 1.2)")
+    cp.add_argument("--speed-floor", type=float, default=0.05, metavar="S",
+                    help="check speed only where B's measurement took at least S seconds (default 0.05)")
+    cp.add_argument("--no-speed", action="store_true", help="do not check speed (noisy machines, identical reruns)")
+    cp.add_argument("--out", type=Path, default=None,
+                    help="Markdown summary (default <RUN_B>/compare-<RUN_A id>.md)")
 
     dl = sub.add_parser("distill", help="train a student encoder to mimic a teacher's embeddings (MSE on "
                         "training-split texts); saved as a model usable with -m NAME")
@@ -91,9 +110,7 @@ def _cmd_run(args) -> int:
         if args.grid or args.dataset or args.model or args.compressor or args.out:
             raise EmbpressError("--resume continues a run with its own config; give no other grid options")
         df, run_dir = run(resume=args.resume, **common)
-        print(run_table(df))
-        print(f"\nresults: {run_dir}/results.parquet, results.csv, run.json")
-        return 0
+        return _finish_run(df, run_dir, args)
     config = load_grid(args.grid or "default")
     if args.grid is None and (args.dataset or args.model or args.compressor):
         config.grid = None
@@ -111,8 +128,19 @@ def _cmd_run(args) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True)
     df, run_dir = run(config, out_dir=args.out, **common)
+    return _finish_run(df, run_dir, args)
+
+
+def _finish_run(df, run_dir: Path, args) -> int:
+    from .runner import run_table
     print(run_table(df))
     print(f"\nresults: {run_dir}/results.parquet, results.csv, run.json")
+    if not args.no_report:
+        from .report import build_report
+        try:
+            print(f"report: {build_report(run_dir)}")
+        except EmbpressError as exc:  # the results are written; a report problem must not hide them
+            print(f"embpress: warning: no report built: {exc}", file=sys.stderr)
     return 0
 
 
@@ -150,6 +178,13 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import Thresholds, run_compare
+    t = Thresholds(quality_tol=args.quality_tol, speed_ratio=None if args.no_speed else args.speed_ratio,
+                   speed_floor=args.speed_floor, n_boot=args.bootstrap)
+    return run_compare(args.run_a, args.run_b, t, out=args.out)
+
+
 def _cmd_distill(args) -> int:
     from .distill import run_cli
     return run_cli(args)
@@ -172,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
-                "distill": _cmd_distill, "report": _cmd_report}[args.command](args)
+                "distill": _cmd_distill, "report": _cmd_report, "compare": _cmd_compare}[args.command](args)
     except (EmbpressError, SpecError) as exc:
         print(f"embpress: error: {exc}", file=sys.stderr)
         return 2

@@ -202,7 +202,7 @@ def distill(*, teacher: str = "all-mpnet-base-v2", student: str = "all-MiniLM-L6
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if progress and ((step + 1) % log_every == 0 or step + 1 == total):
+        if (step + 1) % log_every == 0 or step + 1 == total:
             echo(f"distill: step {step + 1}/{total}  loss {np.mean(losses[-log_every:]):.3e}  "
                  f"{(time.perf_counter() - t1) / (step + 1):.2f} s/step")
     train_s = time.perf_counter() - t1

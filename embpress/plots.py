@@ -13,6 +13,7 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -28,6 +29,12 @@ METRIC_LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at
 FRONTIER = dict(color="black", alpha=0.25, linewidth=6, solid_capstyle="round", zorder=1)
 RESCORE = re.compile(r":rescore=(\d+)")
 RESCORE_WITH = re.compile(r":rescore_with=[^:]*")
+
+
+def _logx(ax) -> None:
+    """A log x axis labelled at powers of ten only (minor labels collide on short ranges)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def colours(labels) -> dict[str, tuple]:
@@ -97,7 +104,7 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _frontier(ax, g[g.pareto], "bytes_per_vector", "retained_pct")
         _lines(ax, g, "bytes_per_vector", "retained_pct", colour, err=("ci_low", "ci_high"))
-        ax.set_xscale("log")
+        _logx(ax)
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel(f"% of float32 {metric} (95 % CI)")
         ax.set_title(f"{panel}: {metric} retained")
@@ -118,7 +125,7 @@ def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
         _frontier(ax, g[pareto_mask(g, ("bytes_per_vector", "knn_recall_at_10"))], "bytes_per_vector",
                   "knn_recall_at_10", None)
         _lines(ax, g, "bytes_per_vector", "knn_recall_at_10", colour)
-        ax.set_xscale("log")
+        _logx(ax)
         ax.set_ylim(0, 102)
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel("neighbour recall@10 (% of exact top 10)")
@@ -171,7 +178,7 @@ def speed_by_family(ok: pd.DataFrame, colour: dict):
             ax.scatter(v, i + rng.uniform(-0.15, 0.15, len(v)), s=18, color=colour.get(fam, "C0"), zorder=3)
             ax.plot([v.median()] * 2, [i - 0.3, i + 0.3], color="black", linewidth=1.5)
         ax.set_yticks(range(len(families)), families)
-        ax.set_xscale("log")
+        _logx(ax)
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
     axes[0, 0].set_title("Encode throughput (higher is better); bar = median")
@@ -194,7 +201,7 @@ def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
         _frontier(ax, g[pareto_mask(g, ("bytes_per_vector", "spearman"))], "bytes_per_vector", "spearman", None)
         _lines(ax, g, "bytes_per_vector", "spearman", colour, err=("ci_low", "ci_high"),
                scale=g["baseline_quality"].astype(float) / 100)
-        ax.set_xscale("log")
+        _logx(ax)
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel("Spearman × 100 (95 % CI)")
         ax.set_title(f"{panel}: similarity ranking kept")
@@ -222,23 +229,26 @@ def rescoring(ok: pd.DataFrame, colour: dict):
     panels = list(dict.fromkeys(data["panel"]))
     bases = sorted(data["base"].unique())
     base_colour = colours(bases)
+    plain_style = dict(zip(sorted(data["plain"].unique()), ["--", "-.", (0, (1, 1)), (0, (5, 1))] * 8))
     fig, axes = _grid(len(panels))
     for ax, panel in zip(axes, panels):
         g = data[data.panel == panel]
         for base, pts in g.groupby("base", sort=True):
             pts = pts.sort_values("multiplier")
-            c = base_colour[base]
             yerr = np.vstack([(pts.retained_pct - pts.ci_low).clip(lower=0), (pts.ci_high - pts.retained_pct).clip(lower=0)]) \
                 if pts[["ci_low", "ci_high"]].notna().all().all() else None
             ax.errorbar(pts.multiplier, pts.retained_pct, yerr=yerr, marker="o", markersize=4, capsize=2,
-                        color=c, label=f"{base} + rescoring")
-            name = pts["plain"].iloc[0]
+                        color=base_colour[base], label=f"{base} + rescoring")
+        for name in sorted(g["plain"].unique()):
             plain = ok[(ok.panel == panel) & (ok.compressor == name)]
             if len(plain):
-                ax.axhline(float(plain.retained_pct.iloc[0]), color=c, linestyle="--", linewidth=1,
-                           label=f"{name}, no rescoring")
+                ax.axhline(float(plain.retained_pct.iloc[0]), color="black", linestyle=plain_style[name],
+                           linewidth=1, label=f"{name}, no rescoring")
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
+        ticks = sorted(g["multiplier"].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("rescoring multiplier (candidates = k × multiplier, log scale)")
         ax.set_ylabel("% of float32 quality (95 % CI)")
         ax.set_title(f"{panel}: what rescoring buys")
@@ -251,8 +261,8 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
                reference: str):
     """Model-side compression: quality (% of the reference encoder's float32) against model size
     and encode speed, with the embedding-compression frontier of the reference beside them."""
-    panels = [(size_col, "model size (log scale)")] + ([(speed_col, "encode throughput, texts/s (log scale)")]
-                                                        if speed_col else [])
+    panels = [(size_col, f"model size: {size_col.replace('_', ' ')} (log scale)")] + (
+        [(speed_col, "encode throughput, texts/s (log scale)")] if speed_col else [])
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.0 * (len(panels) + 1), 4.4), squeeze=False)
     axes = list(axes.flat)
     datasets = sorted(variants["dataset"].unique())
@@ -265,16 +275,16 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
                 ax.annotate(str(r["model"]), (float(r[col]), r["ref_pct"]), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color="#333")
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
+        _logx(ax)
         ax.set_xlabel(label)
         ax.set_ylabel(f"% of {reference} float32 quality")
-        ax.set_title(f"Encoder variants: quality against {label.split(',')[0].split(' (')[0]}")
+        ax.set_title(f"Encoder variants: quality against {label.split(':')[0].split(',')[0]}")
     ax = axes[-1]
     for ds, pts in frontier.groupby("dataset", sort=True):
         pts = pts.sort_values("bytes_per_vector")
         ax.plot(pts.bytes_per_vector, pts.retained_pct, marker="s", color=dcol.get(ds, "C0"), label=ds)
     ax.axhline(100, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
+    _logx(ax)
     ax.set_xlabel("bytes per vector (log scale)")
     ax.set_ylabel(f"% of {reference} float32 quality")
     ax.set_title(f"Embedding compression frontier ({reference})")

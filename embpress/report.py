@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import math
 import time
@@ -385,7 +384,7 @@ tr.infeasible td{background:#fff8e1}tr.failed td{background:#ffebe9}tr.pareto td
 figcaption{font-size:12.5px;color:#57606a}ul.verdicts li{margin:4px 0}.note{background:#f6f8fa;padding:6px 10px;border-left:3px solid #8c959f}
 dl.prov{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0}dl.prov dt{font-weight:600}dl.prov dd{margin:0}
 details{margin:2px 0}summary{cursor:pointer}.sig{color:#1a7f37;font-weight:600}
-td.note{text-align:left;min-width:220px;max-width:420px;font-size:11.5px}td.nw{white-space:nowrap}
+td.why{text-align:left;min-width:240px;max-width:480px;font-size:11.5px}td.nw{white-space:nowrap}
 ul.files{columns:3;font-size:12px}ul.pareto,ul.pareto-overall{margin-top:0}
 """
 
@@ -626,7 +625,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
         rows = []
         for _, r in g.iterrows():
             cls = " ".join(x for x in (str(r.status), "pareto" if r.pareto else "") if x)
-            kinds = {"compressor": True, "line": True, "status": True, "vs_f32": True, "note": "t note", "ci": "nw"}
+            kinds = {"compressor": True, "line": True, "status": True, "vs_f32": True, "note": "why", "ci": "nw"}
             rows.append((cls, [(*_cell(r, c), kinds.get(c.key, False)) for c in cols]))
         page.add(f'<h3 id="t-{_slug(panel)}">{e(panel)} <span class="muted small">({len(g)} cells, '
                  f'{(g.status == "ok").sum()} ok)</span></h3>')
@@ -706,10 +705,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     page.section("files", "Files")
     page.add("<p class='muted'>The figures and tables of this page, for papers and READMEs:</p><ul class='files'>"
              + "".join(f'<li><a href="{e(f)}">{e(f)}</a></li>' for f in page.files) + "</ul>")
-    from . import __version__
+    from .embed import library_versions
+    version = library_versions().get("embpress", "?")
     header = (f"<h1>embpress report · {e(str(meta.get('run_id', run_dir.name)))}</h1>"
               f"<p class='muted'>How much retrieval and similarity quality each compressor keeps, at what storage "
-              f"and speed. Built {time.strftime('%Y-%m-%d %H:%M:%S')} by embpress {__version__} from "
+              f"and speed. Built {time.strftime('%Y-%m-%d %H:%M:%S')} by embpress {version} from "
               f"<code>{e(str(run_dir))}</code>.</p>" + _provenance(meta, df))
     index = out / "index.html"
     tmp = out / "index.html.part"

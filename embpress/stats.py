@@ -12,7 +12,6 @@ Both are used by the report and by ``embpress compare``; nothing else computes t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Iterable
 

@@ -40,26 +40,24 @@ class Chromium:
     and 4, NUL-terminated JSON messages), so no websocket or browser-automation package is needed."""
 
     def __init__(self, profile: Path, width: int = 1280, height: int = 900):
-        to_child_r, self._w = os.pipe()
-        self._r, from_child_w = os.pipe()
-        # move the child's ends above fd 9 (close-on-exec), so dup2 onto 3 and 4 clobbers neither
-        hi_r, hi_w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_child_r, from_child_w))
-        os.close(to_child_r)
-        os.close(from_child_w)
-
-        def place():
-            os.dup2(hi_r, 3)
-            os.dup2(hi_w, 4)
-
-        args = [CHROMIUM, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
+        to_child, self._w = os.pipe()
+        self._r, from_child = os.pipe()
+        # the child's ends above fd 9, so the redirections onto 3 and 4 below cannot clobber them
+        low = (to_child, from_child)
+        to_child, from_child = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in low)
+        for fd in low:
+            os.close(fd)
+        args = ["--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--no-default-browser-check", "--disable-dev-shm-usage",
                 "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
-        # close_fds=False: the fds placed at 3 and 4 must survive; Python's own fds close on exec anyway
-        self.proc = subprocess.Popen(args, close_fds=False, preexec_fn=place, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(hi_r)
-        os.close(hi_w)
+        # Chromium reads the protocol on fd 3 and writes on fd 4: bash puts the pipe ends there
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_child} 4>&{from_child} {to_child}<&- {from_child}>&-',
+             CHROMIUM, *args], pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_child)
+        os.close(from_child)
         self._buf = b""
         self._id = 0
         self.events: list[dict] = []
