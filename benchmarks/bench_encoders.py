@@ -2,10 +2,10 @@
 
     python benchmarks/bench_encoders.py                       # all-MiniLM-L6-v2: fp32 and every variant
     python benchmarks/bench_encoders.py --also all-mpnet-base-v2 --also all-MiniLM-L6-v2-mpnet-distilled
-    python benchmarks/bench_encoders.py --threads 2 --batch-size 32 --n 64 --repeats 3
+    python benchmarks/bench_encoders.py --threads 2 --batch-size 32 --short 256 --long 48 --repeats 3
 
-Every model runs with the same batch size, thread count and texts: ``--n`` short texts (STS-B test
-sentences) and ``--n`` long ones (scifact abstracts). Rounds are interleaved (each round times every
+Every model runs with the same batch size, thread count and texts: ``--short`` short texts (STS-B
+test sentences) and ``--long`` long ones (scifact abstracts). Rounds are interleaved (each round times every
 model once) and the best round is kept, so a neighbour's burst of load hurts all models alike; the
 load average is printed before and after. ``×fp32`` is the speed ratio to the float32 row of the
 same model; the cosines compare each row's embeddings with that float32 row (or, for a distilled
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="model whose variants are compared")
     p.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
     p.add_argument("--also", action="append", default=[], help="another model row (repeatable), e.g. all-mpnet-base-v2")
-    p.add_argument("--n", type=int, default=64, help="short texts and long texts each (default 64)")
+    p.add_argument("--short", type=int, default=256, help="short texts (default 256)")
+    p.add_argument("--long", type=int, default=48, help="long texts (default 48)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds; the best is kept (default 3)")
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    short = load_dataset("stsbenchmark").sentences1[:args.n]
-    long_ = load_dataset("scifact").corpus_texts[:args.n]
+    short = load_dataset("stsbenchmark").sentences1[:args.short]
+    long_ = load_dataset("scifact").corpus_texts[:args.long]
     variants = args.variants.split(",") if args.variants else variant_names()
     names = [f"{args.model}@{v}" for v in variants] + args.also
 

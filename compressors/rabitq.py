@@ -9,10 +9,12 @@ assumes it. Codes and their width come from FAISS's codec API, so the factors ar
 ``sa_code_size`` is d/8 bytes of bits + 8 bytes of factors (56 B at d = 384).
 
 Options: ``nbits`` (1 to 9) is extended RaBitQ, nbits bits per dimension (more factors: 212 B for
-4 bits at d = 384); ``qb`` is the number of bits the query is quantized to at search time: 0
-(default) keeps the query float32, the asymmetric search used elsewhere; FAISS's own default is
-``qb=4`` (faster, a little less exact). ``overhead_bytes``: the d x d rotation and the d-float
-centre.
+4 bits at d = 384); search uses all the bits, but FAISS's ``sa_decode`` (hence ``decode`` and the
+STS pair similarity) reconstructs from the sign bits only. ``qb`` is the number of bits the query
+is quantized to at search time: 8 by default; FAISS's own default is 4; 0 keeps the query float32
+but FAISS 1.15.1 then scores bit by bit, about 90x slower than ``qb=8`` for the same recall@10
+(0.80 on 20,000 tiled MiniLM vectors, 100 queries). ``overhead_bytes``: the d x d rotation and the
+d-float centre.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class RaBitQ(FaissCodec):
     family = "rabitq"
     summary = "FAISS RaBitQ: random rotation, 1 bit per dimension + 8 B of factors (:nbits extended)"
 
-    def __init__(self, nbits: int = 1, qb: int = 0, seed: int = 1234):
+    def __init__(self, nbits: int = 1, qb: int = 8, seed: int = 1234):
         self.nbits = nbits
         self.qb = qb
         self.seed = seed

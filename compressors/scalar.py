@@ -105,7 +105,10 @@ class ScalarQuantizer(Codec):
         # a dimension constant on the calibration data encodes with step 1 (as sentence-transformers
         # does) but decodes to its constant, not to the middle of a unit-wide bucket
         step = np.where(self.ranges_[1] == self.ranges_[0], np.float32(0), self.step_)
-        return self.start_ + (q + np.float32(0.5)) * step
+        q += np.float32(0.5)          # in place: q is a fresh array, and a second full-size
+        q *= step                     # temporary costs as much as the arithmetic
+        q += self.start_
+        return q
 
     def pair_vectors(self, codes: np.ndarray) -> np.ndarray:
         """What STS compares: the dequantised vectors, or for ``score=raw`` the int8 codes themselves."""

@@ -29,6 +29,7 @@ import math
 import re
 import subprocess
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -167,7 +168,13 @@ def _seconds(row: dict, col: str, kind: str, count: str | None) -> float | None:
 
 def _same_queries(a_dir: Path, a: dict, b_dir: Path, b: dict) -> bool:
     """Whether the per-query arrays of both cells are over the same queries (or pairs), in order."""
-    pa, pb = baseline_path(a_dir, a["model"], a["dataset"]), baseline_path(b_dir, b["model"], b["dataset"])
+    return _same_baseline_queries(str(baseline_path(a_dir, a["model"], a["dataset"])),
+                                  str(baseline_path(b_dir, b["model"], b["dataset"])))
+
+
+@lru_cache(maxsize=64)
+def _same_baseline_queries(path_a: str, path_b: str) -> bool:
+    pa, pb = Path(path_a), Path(path_b)
     if not (pa.is_file() and pb.is_file()):
         return False
     za, zb = load_npz(pa), load_npz(pb)
@@ -270,11 +277,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, thresholds: Thresholds | 
     (a_df, a_meta), (b_df, b_meta) = load_run(a_dir), load_run(b_dir)
     a_rows, b_rows = _frame_by_key(a_df), _frame_by_key(b_df)
     cells = [compare_cell(a_dir, a_rows[k], b_dir, b_rows[k], t) for k in b_rows if k in a_rows]
-    frame = pd.DataFrame(cells, columns=list(dict.fromkeys(KEY + [c for r in cells for c in r])))
+    frame = pd.DataFrame(cells, columns=list(dict.fromkeys(KEY + [c for r in cells for c in r] + ["flags"])))
     only = lambda rows, other: pd.DataFrame([{**dict(zip(KEY, k)), "status": r.get("status")}  # noqa: E731
                                              for k, r in rows.items() if k not in other], columns=KEY + ["status"])
-    return Comparison(a_dir, b_dir, a_meta, b_meta, t, frame, only(a_rows, b_rows), only(b_rows, a_rows),
-                      _config_notes(a_meta, b_meta))
+    notes = _config_notes(a_meta, b_meta)
+    if not cells:
+        notes.insert(0, "the runs have no cell in common (dataset, model, compressor, budget): nothing compared")
+    return Comparison(a_dir, b_dir, a_meta, b_meta, t, frame, only(a_rows, b_rows), only(b_rows, a_rows), notes)
 
 
 # ---------------------------------------------------------------------------- output

@@ -118,6 +118,11 @@ def distill(*, teacher: str = "all-mpnet-base-v2", student: str = "all-MiniLM-L6
             echo: Callable[[str], None] | None = None) -> dict:
     """Train ``student`` (+ a Dense projection) to mimic ``teacher``; save it as model ``name``.
     Returns the report that is also written to ``<model folder>/embpress-distill.json``."""
+    _check_name(name)
+    if init not in ("lstsq", "random"):
+        raise EmbpressError(f"init must be lstsq or random, not {init!r}")
+    if batch_size < 1 or epochs < 1 or (steps is not None and steps < 1) or holdout < 0:
+        raise EmbpressError("batch size, epochs and steps must be at least 1 and holdout at least 0")
     quiet_third_party_logs()
     import torch
     import torch.nn.functional as F
@@ -125,11 +130,6 @@ def distill(*, teacher: str = "all-mpnet-base-v2", student: str = "all-MiniLM-L6
     from sentence_transformers.models import Dense, Normalize
 
     echo = echo or (lambda msg: log.info(msg))
-    _check_name(name)
-    if init not in ("lstsq", "random"):
-        raise EmbpressError(f"init must be lstsq or random, not {init!r}")
-    if batch_size < 1 or epochs < 1 or (steps is not None and steps < 1) or holdout < 0:
-        raise EmbpressError("batch size, epochs and steps must be at least 1 and holdout at least 0")
     t_info, s_info = model_info(resolve_model(teacher)), model_info(resolve_model(student))
     if s_info.entry.variant:
         raise EmbpressError(f"the student must be a float32 model, not the variant {s_info.entry.name}")

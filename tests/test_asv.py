@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "asv_suite"
 BENCHMARKS = {f"families.Speed.{n}" for n in ("time_fit", "time_encode", "time_decode", "time_search",
                                               "peakmem_encode")} | \
-             {f"families.Quality.{n}" for n in ("track_ndcg_retained", "track_knn_recall_at_10",
+             {f"families.Quality.{n}" for n in ("track_ndcg_loss", "track_knn_miss_at_10",
                                                 "track_bytes_per_vector")}
 MACHINE = "ci-test"
 
@@ -112,9 +112,11 @@ def test_quick_run_measures_every_benchmark(quick_run):
     by_spec = lambda name: dict(zip(suite_specs(), results["results"][name][0]))  # noqa: E731
     assert by_spec("families.Quality.track_bytes_per_vector")["F32"] == 1536
     assert by_spec("families.Quality.track_bytes_per_vector")["PQ16x8"] == 16
-    assert by_spec("families.Quality.track_ndcg_retained")["F32"] == pytest.approx(100)
-    assert by_spec("families.Quality.track_knn_recall_at_10")["F32"] == pytest.approx(100)
-    assert 50 < by_spec("families.Quality.track_ndcg_retained")["SQ8"] <= 101
+    assert by_spec("families.Quality.track_ndcg_loss")["F32"] == pytest.approx(0)
+    assert by_spec("families.Quality.track_knn_miss_at_10")["F32"] == pytest.approx(0)
+    assert all(v >= 0 for v in results["results"]["families.Quality.track_ndcg_loss"][0])
+    assert by_spec("families.Quality.track_ndcg_loss")["SQ8"] < 50
+    assert by_spec("families.Quality.track_knn_miss_at_10")["BIN"] > by_spec("families.Quality.track_knn_miss_at_10")["SQ8"]
     assert all(v > 0 for v in results["results"]["families.Speed.time_fit"][0])
 
 

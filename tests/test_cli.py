@@ -64,13 +64,12 @@ def test_run_writes_results_and_provenance(two_runs):
     assert report.endswith("index.html") and os.path.getsize(report) > 10_000
 
 
-def test_second_run_encodes_nothing_and_is_faster(two_runs):
+def test_second_run_encodes_nothing(two_runs):
     first, second = two_runs
     if not os.environ.get("EMBPRESS_TEST_CACHE"):   # a developer's warm cache may hold the sample already
         assert "encoded in" in first.stderr
     assert "encoded in" not in second.stderr and "0 texts encoded" in second.stderr
     assert _run_dir(first) != _run_dir(second), "a run never overwrites an earlier one"
-    assert second.seconds < first.seconds
 
 
 def test_show_prints_an_earlier_run(two_runs):

@@ -110,3 +110,11 @@ def test_untrained_distilled_model_says_how_to_make_it(monkeypatch, tmp_path):
     monkeypatch.setenv("EMBPRESS_CACHE", str(tmp_path))
     with pytest.raises(EmbpressError, match="embpress distill"):
         model_info(resolve_model("minilm-distilled"))
+
+
+def test_distill_command_refuses_bad_settings_in_one_line(capsys):
+    from embpress.cli import main
+    assert main(["distill", "--name", "all-mpnet-base-v2"]) == 2
+    assert main(["distill", "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("embpress: error:") for line in err)

@@ -1,0 +1,269 @@
+"""Speed of each compressor next to the raw FAISS / numpy call it wraps, measured interleaved in one run.
+
+    python benchmarks/bench_compressors.py                                  # 100k x 384, 1000 queries, top-100
+    python benchmarks/bench_compressors.py --n 20000 --specs SQ8 PQ16x8 "OPQ16,PQ16x8" --repeat 5
+    python benchmarks/bench_compressors.py --data random --threads 1
+
+For each spec the pipeline is fitted once (``fit s``, on ``--n-train`` vectors), then ``--repeat``
+rounds each time, for encode, decode and search (top ``--k`` of ``--queries`` float queries), the
+wrapper that embpress runs (``Pipeline.encode/decode/search``: spec pipeline, input checks, a
+search index built from the stored codes on every call) and the raw call it wraps, prepared
+outside the timing (``index.sa_encode`` directly, ``faiss.knn`` on the float matrix, the
+``search`` of an ``IndexPQ`` that already holds the codes, ``np.packbits``...). The two alternate
+and their order flips every round, so load from other processes hits both alike; an untimed call
+of the raw operation precedes each timed pair (the first large allocation after another
+operation freed its memory can stall on huge-page compaction, whichever side comes first). Printed figures
+are medians (vectors or queries per second) and ``ovh%`` = wrapper time / raw time − 1. Before
+timing, the outputs of the two are checked to be the same (codes, decoded vectors, neighbours).
+Stages without a dedicated raw call (other helpers' numpy stages) are compared with their own
+stage methods called directly, i.e. only the pipeline layer is measured.
+
+Data (``--data``): ``auto`` tiles real all-MiniLM-L6-v2 embeddings from the embedding cache
+(``$EMBPRESS_CACHE``, default ``./cache``) with Gaussian noise (sigma 0.01 per dimension) and
+renormalises them; ``random`` is unit-norm Gaussian vectors; or a path to an ``.npy`` matrix to
+tile the same way. The line above the table says which was used. Not a test: it prints figures.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from compressors import parse_spec
+from compressors.base import FaissCodec, as_float32_matrix
+
+DEFAULT_SPECS = ["F32", "F16", "BF16", "SQ8", "SQ4", "BIN", "PCA128", "PCA128,SQ8", "ROT,SQ4", "RP128,SQ8",
+                 "PQ16x8", "OPQ16,PQ16x8", "RQ8x8", "RABITQ", "ITQ256", "LSH256"]
+IP = faiss.METRIC_INNER_PRODUCT
+
+
+# ----------------------------------------------------------------------------- data
+def make_data(kind: str, n: int, nq: int, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    rng = np.random.default_rng(seed)
+    base = None
+    if kind == "auto":
+        cache = os.environ.get("EMBPRESS_CACHE") or str(Path(__file__).resolve().parents[1] / "cache")
+        files = sorted(glob.glob(f"{cache}/embeddings/all-MiniLM-L6-v2/**/*.npy", recursive=True),
+                       key=os.path.getsize, reverse=True)
+        for f in files:
+            m = np.load(f, mmap_mode="r")
+            if m.ndim == 2 and m.shape[1] == dims:
+                base, source = np.asarray(m, dtype=np.float32), f
+                break
+    elif kind != "random":
+        base, source = np.asarray(np.load(kind), dtype=np.float32), kind
+        if base.ndim != 2 or base.shape[1] != dims:
+            raise SystemExit(f"{kind}: expected a 2-d matrix with {dims} columns, got shape {base.shape}")
+
+    def draw(count: int) -> np.ndarray:
+        if base is None:
+            X = rng.standard_normal((count, dims), dtype=np.float32)
+        else:
+            X = base[rng.integers(0, len(base), count)] + rng.normal(0, 0.01, (count, dims)).astype(np.float32)
+        return np.ascontiguousarray(X / np.linalg.norm(X, axis=1, keepdims=True), dtype=np.float32)
+
+    X, Q = draw(n), draw(nq)
+    if base is None:
+        return X, Q, f"unit-norm Gaussian random vectors ({n} x {dims}; {nq} queries)"
+    return X, Q, (f"real all-MiniLM-L6-v2 embeddings tiled with Gaussian noise (sigma 0.01), renormalised: "
+                  f"{n} x {dims} and {nq} queries drawn from the {len(base)} rows of {source}")
+
+
+# ----------------------------------------------------------------------------- raw calls
+def raw_transform(t):
+    """(transform, transform_query, inverse) as the bare numpy / FAISS calls."""
+    name = type(t).__name__
+    if name == "PCA" and not t.whiten:
+        C, mu = t.components_, t.mean_
+        return (lambda X: (X - mu) @ C.T), (lambda Q: Q @ C.T), (lambda Z: Z @ C + mu)
+    if name == "OPQ":
+        return t.opq_.apply, t.opq_.apply, t.opq_.reverse_transform
+    return t.transform, t.transform_query, t.inverse_transform
+
+
+def raw_codec(c, codes: np.ndarray, k: int):
+    """(encode, decode, search(Q)) as the bare numpy / FAISS calls; search indexes are built here,
+    outside the timing, already holding the codes."""
+    name = type(c).__name__
+    n = codes.shape[0]
+    if name == "Float32":
+        X = codes.view(np.float32)
+        return (lambda X: X.view(np.uint8).copy()), (lambda C: C.view(np.float32)), \
+            (lambda Q: faiss.knn(Q, X, k, metric=IP))
+    if name == "Float16":
+        def dec(C):
+            return C.view(np.float16).astype(np.float32)
+        return (lambda X: X.astype(np.float16).view(np.uint8)), dec, (lambda Q: faiss.knn(Q, dec(codes), k, metric=IP))
+    if name == "ScalarQuantizer" and c.bits == 8 and c.score == "dequant":
+        start, step = c.start_, c.step_
+        # a dimension constant on the calibration data decodes to its constant
+        dstep = np.where(c.ranges_[1] == c.ranges_[0], np.float32(0), step)
+
+        def dec(C):
+            Z = C.astype(np.float32)
+            Z += np.float32(0.5)
+            Z *= dstep
+            Z += start
+            return Z
+        return (lambda X: np.clip(np.floor((X - start) / step), 0, 255).astype(np.uint8)), dec, \
+            (lambda Q: faiss.knn(Q, dec(codes), k, metric=IP))
+    if name == "Binary" and c.get_params() == type(c)().get_params():
+        d = c.dim_
+        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        index.add(codes)
+        return (lambda X: np.packbits(X > 0, axis=1)), \
+            (lambda C: (np.unpackbits(C, axis=1)[:, :d].astype(np.float32) * 2 - 1) / np.float32(np.sqrt(d))), \
+            (lambda Q: index.search(np.packbits(Q > 0, axis=1), k))
+    if name in ("ITQ", "RandomProjectionLSH"):
+        encoder = c.index_ if c.pretransform_ is None else faiss.IndexPreTransform(c.pretransform_, c.index_)
+        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        index.add(codes)
+        return encoder.sa_encode, c.decode, (lambda Q: index.search(encoder.sa_encode(Q), k))
+    if isinstance(c, FaissCodec):
+        filled = faiss.clone_index(c.index_)
+        filled.add_sa_codes(codes)
+        if c.pretransform_ is not None:                # FAISS's own chain: IndexPreTransform
+            codec = faiss.IndexPreTransform(c.pretransform_, c.index_)
+            filled = faiss.IndexPreTransform(c.pretransform_, filled)
+        else:
+            codec = c.index_
+        return codec.sa_encode, codec.sa_decode, (lambda Q: filled.search(Q, min(k, n)))
+    return c.encode, c.decode, (lambda Q: c.search(codes, Q, k))
+
+
+def raw_pipeline(pipe, codes: np.ndarray, k: int):
+    ts = [raw_transform(t) for t in pipe.transforms]
+    enc, dec, search = raw_codec(pipe.codec, codes, k)
+
+    def encode(X):
+        for fwd, _, _ in ts:
+            X = fwd(X)
+        return enc(X)
+
+    def decode(C):
+        Z = dec(C)
+        for _, _, inv in reversed(ts):
+            Z = inv(Z)
+        return Z
+
+    def search_q(Q):
+        for _, q, _ in ts:
+            Q = q(Q)
+        return search(Q)
+    return encode, decode, search_q
+
+
+# ----------------------------------------------------------------------------- timing
+def clock(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def check_same(spec: str, wrapped, raw, what: str) -> str:
+    """'' when the wrapper and the raw call give the same output, else a short note."""
+    if what == "search":
+        same = np.array_equal(wrapped[1], raw[1])
+        return "" if same else f"{spec}: search ids differ from the raw call in {np.mean(wrapped[1] != raw[1]):.2%}"
+    if wrapped.dtype == np.uint8:
+        return "" if np.array_equal(wrapped, raw) else f"{spec}: codes differ from the raw call"
+    return "" if np.allclose(wrapped, raw, atol=1e-5) else f"{spec}: decoded vectors differ from the raw call"
+
+
+def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, repeat: int) -> tuple[dict, list[str]]:
+    pipe = parse_spec(spec)
+    t0 = time.perf_counter()
+    pipe.fit(Xtrain)
+    row = {"spec": spec, "bytes": pipe.bytes_per_vector(), "fit_s": time.perf_counter() - t0,
+           "n_train": pipe.n_train or 0}
+    codes = pipe.encode(X)
+    enc, dec, srch = raw_pipeline(pipe, codes, k)
+    notes = [check_same(spec, pipe.encode(X[:2000]), enc(X[:2000]), "encode"),
+             check_same(spec, pipe.decode(codes[:2000]), dec(codes[:2000]), "decode"),
+             check_same(spec, pipe.search(codes, Q[:100], k), srch(Q[:100]), "search")]
+    ops = {"encode": ((pipe.encode, X), (enc, X), len(X)),
+           "decode": ((pipe.decode, codes), (dec, codes), len(codes)),
+           "search": ((lambda Q_: pipe.search(codes, Q_, k), Q), (srch, Q), len(Q))}
+    times = {(op, side): [] for op in ops for side in ("wrap", "raw")}
+    for r in range(repeat):
+        for op, (wrapped, raw, _) in ops.items():
+            # untimed settling call: the first large allocation after another operation has
+            # freed its memory can stall on the kernel's huge-page compaction (measured up to
+            # 0.7 s for 150 MB on a loaded machine), whichever side happens to come first
+            clock(*raw)
+            order = (("wrap", wrapped), ("raw", raw)) if r % 2 == 0 else (("raw", raw), ("wrap", wrapped))
+            for side, (fn, arg) in order:
+                times[(op, side)].append(clock(fn, arg))
+    for op, (_, _, count) in ops.items():
+        w, r_ = statistics.median(times[(op, "wrap")]), statistics.median(times[(op, "raw")])
+        row[f"{op}_wrap"], row[f"{op}_raw"], row[f"{op}_ovh"] = count / w, count / r_, 100 * (w / r_ - 1)
+    return row, [n for n in notes if n]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=100_000, help="stored vectors (default 100000)")
+    p.add_argument("--n-train", type=int, default=None, help="calibration vectors for fit (default: all --n)")
+    p.add_argument("--dims", type=int, default=384, help="dimensions (default 384)")
+    p.add_argument("--queries", type=int, default=1000, help="queries (default 1000)")
+    p.add_argument("--k", type=int, default=100, help="neighbours per query (default 100)")
+    p.add_argument("--specs", nargs="+", default=DEFAULT_SPECS, help="compressor specs (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds per operation; medians printed (default 5)")
+    p.add_argument("--data", default="auto", help="auto (real embeddings if cached), random, or an .npy path")
+    p.add_argument("--threads", type=int, default=None, help="FAISS/OpenMP threads (default: FAISS's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+
+    X, Q, described = make_data(args.data, args.n, args.queries, args.dims, args.seed)
+    Xtrain = X[: args.n_train] if args.n_train else X
+    print(f"data: {described}")
+    print(f"fit on {len(Xtrain)} vectors; top-{args.k} search; medians of {args.repeat} interleaved rounds; "
+          f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), numpy {np.__version__}, "
+          f"{_cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+
+    rows, notes = [], []
+    for spec in args.specs:
+        row, n = bench(spec, X, Xtrain, Q, args.k, args.repeat)
+        rows.append(row)
+        notes += n
+        print(f"  {spec}: fit {row['fit_s']:.1f} s", file=sys.stderr, flush=True)
+
+    head = (f"{'spec':<14} {'B/vec':>5} {'fit s':>7} | {'encode v/s':>10} {'raw':>10} {'ovh%':>6} | "
+            f"{'decode v/s':>10} {'raw':>10} {'ovh%':>6} | {'search q/s':>10} {'raw':>10} {'ovh%':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        cells = [f"{r[f'{op}_wrap']:>10,.0f} {r[f'{op}_raw']:>10,.0f} {r[f'{op}_ovh']:>+6.1f}"
+                 for op in ("encode", "decode", "search")]
+        print(f"{r['spec']:<14} {r['bytes']:>5} {r['fit_s']:>7.1f} | " + " | ".join(cells))
+    check = statistics.median(clock(as_float32_matrix, X) for _ in range(args.repeat))
+    print(f"input check of every encode (as_float32_matrix: dtype, shape, NaN/inf scan) on the {len(X)} x "
+          f"{X.shape[1]} matrix: {1000 * check:.1f} ms (median of {args.repeat})")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
