@@ -11,8 +11,8 @@ search index built from the stored codes on every call) and the raw call it wrap
 outside the timing (``index.sa_encode`` directly, ``faiss.knn`` on the float matrix, the
 ``search`` of an ``IndexPQ`` that already holds the codes, ``np.packbits``...). The two alternate
 and their order flips every round, so load from other processes hits both alike; an untimed call
-of the raw operation precedes each timed pair (the first large allocation after another
-operation freed its memory can stall on huge-page compaction, whichever side comes first). Printed figures
+of the raw operation precedes every timed call, so each starts from the same memory state (how
+long a large allocation takes depends on what the previous call freed). Printed figures
 are medians (vectors or queries per second) and ``ovh%`` = wrapper time / raw time − 1. Before
 timing, the outputs of the two are checked to be the same (codes, decoded vectors, neighbours).
 Stages without a dedicated raw call (other helpers' numpy stages) are compared with their own
@@ -195,12 +195,13 @@ def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, r
     times = {(op, side): [] for op in ops for side in ("wrap", "raw")}
     for r in range(repeat):
         for op, (wrapped, raw, _) in ops.items():
-            # untimed settling call: the first large allocation after another operation has
-            # freed its memory can stall on the kernel's huge-page compaction (measured up to
-            # 0.7 s for 150 MB on a loaded machine), whichever side happens to come first
-            clock(*raw)
             order = (("wrap", wrapped), ("raw", raw)) if r % 2 == 0 else (("raw", raw), ("wrap", wrapped))
             for side, (fn, arg) in order:
+                # untimed settling call before every timed one: how fast a large allocation is
+                # depends on what the previous call freed (huge-page compaction stalls up to 0.7 s
+                # for 150 MB measured here, and consecutive calls alternating slow/fast), so each
+                # timed call starts from the same state
+                clock(*raw)
                 times[(op, side)].append(clock(fn, arg))
     for op, (_, _, count) in ops.items():
         w, r_ = statistics.median(times[(op, "wrap")]), statistics.median(times[(op, "raw")])

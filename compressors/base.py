@@ -249,27 +249,26 @@ class FaissCodec(Codec):
     standalone-codec API: codes straight from ``sa_encode``, ``sa_decode`` to decode, and search
     by an empty clone of the trained index that takes the stored codes (``add_sa_codes``).
 
-    ``pretransform_`` (optional) is a FAISS ``VectorTransform`` applied before the index, as in
-    FAISS's ``IndexPreTransform`` (which cannot take codes: it has no ``add_sa_codes``)."""
+    ``pretransform_`` (optional) is a FAISS ``VectorTransform`` applied first (e.g. a random
+    rotation): encoding and decoding then go through FAISS's ``IndexPreTransform``, and search
+    wraps the filled clone in one (an ``IndexPreTransform`` cannot take codes itself)."""
 
     pretransform_ = None
 
-    def _pre(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        return X if self.pretransform_ is None else self.pretransform_.apply(X)
+    def _chain(self, index):
+        return index if self.pretransform_ is None else faiss.IndexPreTransform(self.pretransform_, index)
 
     def encode(self, X: np.ndarray) -> np.ndarray:
-        return self.index_.sa_encode(self._pre(X))
+        return self._chain(self.index_).sa_encode(np.ascontiguousarray(X, dtype=np.float32))
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        Z = self.index_.sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))
-        return Z if self.pretransform_ is None else self.pretransform_.reverse_transform(Z)
+        return self._chain(self.index_).sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))
 
     def search(self, codes, Q, k):
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         index = faiss.clone_index(self.index_)   # trained, holds no vectors: only codebooks are copied
         index.add_sa_codes(codes)
-        return index.search(self._pre(Q), min(k, codes.shape[0]))
+        return self._chain(index).search(np.ascontiguousarray(Q, dtype=np.float32), min(k, codes.shape[0]))
 
 
 def index_dtype(dim: int, what: str) -> np.dtype:

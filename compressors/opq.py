@@ -5,7 +5,8 @@ Chained as in FAISS's ``index_factory``: ``OPQ16,PQ16x8``. FAISS trains the rota
 alternating a product quantizer of m sub-quantizers (8 bits, as index_factory does; ``:nbits``
 changes it) with an orthogonal Procrustes step, ``niter`` times (FAISS's default 50), on at most
 65,536 of the calibration vectors. With the defaults, ``OPQ16,PQ16x8`` gives the codes and search
-results of ``faiss.index_factory(d, "OPQ16,PQ16", METRIC_INNER_PRODUCT)``.
+results of ``faiss.index_factory(d, "OPQ16,PQ16np", METRIC_INNER_PRODUCT)`` (index_factory's plain
+``"PQ16"`` also relabels the centroids for polysemous search, so its code values differ).
 
 The rotation is orthogonal, so inner products are preserved exactly: queries are rotated like
 the documents and the inverse is the transpose. ``overhead_bytes`` is the d x d float32 matrix.

@@ -139,6 +139,13 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
             ds = load_dataset(name, max_queries=config.max_queries, max_docs=config.max_docs)
             vectors = embed_dataset(info, ds, batch_size=config.batch_size, progress=progress)
             model, revision = entry.name, ds.card.revision
+            if (len(the_plan.models) > 1 or getattr(entry, "variant", None)) \
+                    and model not in writer.meta.setdefault("model_profiles", {}):
+                # the model track: size, encode speed and agreement with the float32 base,
+                # measured side by side once per model and merged into its rows
+                from .encoders import profile_texts, variant_profile
+                writer.meta["model_profiles"][model] = variant_profile(info, profile_texts(ds),
+                                                                       batch_size=config.batch_size)
         writer.meta["datasets"][ds.name] = {"revision": revision, "task": ds.task, "location": ds.location,
                                             "counts": ds.summary(), "sample": ds.sample or None,
                                             "split": getattr(getattr(ds, "card", None), "split", None),
@@ -257,6 +264,7 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
         for task, (row, per_query) in _iter_results(runnable, executor, workers, threads, scheduler):
             if per_query:
                 save_npz(writer.dir / "per_query" / f"{task.cell_id}.npz", per_query)
+            row.update(writer.meta.get("model_profiles", {}).get(task.model, {}))
             writer.add_cell(row)
             bar.set_postfix_str(f"{row['dataset']} {task.compressor}", refresh=False)
             bar.update(1)

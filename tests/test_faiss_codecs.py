@@ -115,8 +115,8 @@ def test_opq_pq_equals_faiss_opq_matrix_and_index_pq(fitted, corpus_vectors, que
 
 
 def test_default_opq_pq_equals_faiss_index_factory(corpus_vectors, query_vectors, capfd):
-    # index_factory's "PQ16" permutes the centroid ids for polysemous search (slow to train; same
-    # distances, other code values); "PQ16np" is the plain IndexPQ, as ours. niter cut from 50.
+    # index_factory's "PQ16" relabels the centroids for polysemous search (slow to train; other
+    # code values); "PQ16np" is the plain IndexPQ, as ours. niter cut from 50 for time.
     pipe = parse_spec("OPQ16:niter=4,PQ16x8").fit(corpus_vectors)
     assert "please provide" not in capfd.readouterr().err              # recorded, not printed
     assert len(pipe.fit_warnings) == 2                                  # OPQ's PQ and the PQ itself
