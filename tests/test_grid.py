@@ -64,6 +64,9 @@ def test_expand_with_axes_and_fixed_specs():
 
 
 def test_grid_run_keeps_infeasible_cells_and_caches_fits():
+    import shutil
+    from embpress import settings
+    shutil.rmtree(settings.cache_dir() / "fitted", ignore_errors=True)   # other tests fit the same specs
     df1, dir1 = run(small_config(), progress=False)
     assert set(df1.dataset) == {"scifact", "stsbenchmark"}
     inf = df1[df1.status == "infeasible"]
