@@ -32,7 +32,6 @@ import argparse
 import ctypes
 import glob
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from embpress.results import machine_info
 
 from compressors import parse_spec
 from compressors.base import FaissCodec, as_float32_matrix
@@ -230,15 +231,6 @@ def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, r
     return row, [n for n in notes if n]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -264,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {described}")
     print(f"fit on {len(Xtrain)} vectors; top-{args.k} search; medians of {args.repeat} interleaved rounds; "
           f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), numpy {np.__version__}, "
-          f"{_cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+          f"{machine_info()['cpu']}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{'glibc keeps freed memory (mallopt)' if kept else 'default allocator'}", flush=True)
 
     rows, notes = [], []

@@ -15,23 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
+from embpress.results import machine_info
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     by_name = {r["name"]: r for r in rows}
-    print(f"encoder benchmark: {_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"encoder benchmark: {machine_info()['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"batch {args.batch_size}, {len(short)} short texts (STS-B, mean {np.mean([len(t) for t in short]):.0f} "
           f"chars) and {len(long_)} long (scifact, mean {np.mean([len(t) for t in long_]):.0f} chars), "
           f"best of {args.repeats} interleaved rounds; load average {load_before[0]:.1f} → {load_after[0]:.1f}")

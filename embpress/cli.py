@@ -102,7 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    from .runner import load_grid, run, run_table
+    from .runner import load_grid, run
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,
                   threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache)

@@ -68,6 +68,18 @@ def _legend(fig, axes) -> None:
         fig.tight_layout()
 
 
+def _per_panel(data: pd.DataFrame, draw, title: str):
+    """One subplot per panel (dataset, or dataset · model) with ``draw(ax, panel, rows)``, a common
+    title and one legend: the layout every per-dataset figure shares."""
+    panels = list(dict.fromkeys(data["panel"]))
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        draw(ax, panel, data[data.panel == panel])
+    fig.suptitle(title, fontsize=11)
+    _legend(fig, axes)
+    return fig
+
+
 def _frontier(ax, pts: pd.DataFrame, x: str, y: str, label_col: str | None = "compressor") -> None:
     pts = pts.sort_values(x)
     if pts.empty:
@@ -96,10 +108,8 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
     data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
     if data.empty:
         return None
-    panels = list(dict.fromkeys(data["panel"]))
-    fig, axes = _grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        g = data[data.panel == panel]
+
+    def draw(ax, panel, g):
         metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _frontier(ax, g[g.pareto], "bytes_per_vector", "retained_pct")
@@ -108,9 +118,7 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel(f"% of float32 {metric} (95 % CI)")
         ax.set_title(f"{panel}: {metric} retained")
-    fig.suptitle("Quality kept at each storage budget (higher and further left is better)", fontsize=11)
-    _legend(fig, axes)
-    return fig
+    return _per_panel(data, draw, "Quality kept at each storage budget (higher and further left is better)")
 
 
 def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
@@ -118,10 +126,8 @@ def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
     data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "bytes_per_vector"])
     if data.empty:
         return None
-    panels = list(dict.fromkeys(data["panel"]))
-    fig, axes = _grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        g = data[data.panel == panel]
+
+    def draw(ax, panel, g):
         _frontier(ax, g[pareto_mask(g, ("bytes_per_vector", "knn_recall_at_10"))], "bytes_per_vector",
                   "knn_recall_at_10", None)
         _lines(ax, g, "bytes_per_vector", "knn_recall_at_10", colour)
@@ -130,9 +136,7 @@ def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel("neighbour recall@10 (% of exact top 10)")
         ax.set_title(f"{panel}: same neighbours as float32?")
-    fig.suptitle("Neighbour recall@10 against storage", fontsize=11)
-    _legend(fig, axes)
-    return fig
+    return _per_panel(data, draw, "Neighbour recall@10 against storage")
 
 
 def qps_vs_recall(ok: pd.DataFrame, colour: dict):
@@ -140,10 +144,8 @@ def qps_vs_recall(ok: pd.DataFrame, colour: dict):
     data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "search_qps"])
     if data.empty:
         return None
-    panels = list(dict.fromkeys(data["panel"]))
-    fig, axes = _grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        g = data[data.panel == panel]
+
+    def draw(ax, panel, g):
         _frontier(ax, g[pareto_mask(g, ("knn_recall_at_10", "search_qps"))], "knn_recall_at_10", "search_qps")
         for line, pts in g.groupby("line", sort=True):
             ax.scatter(pts["knn_recall_at_10"], pts["search_qps"], s=22, color=colour[str(line)],
@@ -152,9 +154,7 @@ def qps_vs_recall(ok: pd.DataFrame, colour: dict):
         ax.set_xlabel("neighbour recall@10 (%)")
         ax.set_ylabel("queries per second (exact scan of the codes, log scale)")
         ax.set_title(f"{panel}: speed against accuracy")
-    fig.suptitle("Search throughput against recall (up and to the right is better)", fontsize=11)
-    _legend(fig, axes)
-    return fig
+    return _per_panel(data, draw, "Search throughput against recall (up and to the right is better)")
 
 
 def speed_by_family(ok: pd.DataFrame, colour: dict):
@@ -192,10 +192,8 @@ def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
     data = ok[ok.task == "sts"].dropna(subset=["spearman", "bytes_per_vector"])
     if data.empty:
         return None
-    panels = list(dict.fromkeys(data["panel"]))
-    fig, axes = _grid(len(panels))
-    for ax, panel in zip(axes, panels):
-        g = data[data.panel == panel]
+
+    def draw(ax, panel, g):
         base = float(g["baseline_quality"].iloc[0])
         ax.axhline(base, color="grey", linestyle="--", linewidth=1, label="float32")
         _frontier(ax, g[pareto_mask(g, ("bytes_per_vector", "spearman"))], "bytes_per_vector", "spearman", None)
@@ -205,9 +203,7 @@ def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel("Spearman × 100 (95 % CI)")
         ax.set_title(f"{panel}: similarity ranking kept")
-    fig.suptitle("STS Spearman against storage", fontsize=11)
-    _legend(fig, axes)
-    return fig
+    return _per_panel(data, draw, "STS Spearman against storage")
 
 
 def rescore_table(ok: pd.DataFrame) -> pd.DataFrame:

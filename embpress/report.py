@@ -551,7 +551,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
         page.add('<ul class="verdicts">' + "".join(f'<li data-budget="{b}">{e(v)}</li>' for b, v in verdicts(best))
                  + "</ul>")
         panels = list(dict.fromkeys(df["panel"]))
-        rows, csv_rows = [], []
+        rows = []
         for b, g in best.groupby("budget", sort=True):
             cells = [(f"{b} B", str(b), True)]
             for p in panels:
