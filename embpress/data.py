@@ -89,7 +89,8 @@ def open_text(path: Path) -> io.TextIOBase:
     return open(path, "rt", encoding="utf-8", newline="")
 
 
-def _sha256_content(path: Path) -> tuple[str, int]:
+def sha256_content(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file's content (decompressed for .gz), read in 1 MiB chunks."""
     h, size = hashlib.sha256(), 0
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -117,7 +118,7 @@ def verify_files(card: DatasetCard, folder: Path) -> None:
         key = str(path.resolve())
         if stamps.get(key) == [st.st_size, st.st_mtime_ns, expect["sha256"]]:
             continue
-        digest, size = _sha256_content(path)
+        digest, size = sha256_content(path)
         if digest != expect["sha256"] or ("bytes" in expect and size != expect["bytes"]):
             raise EmbpressError(
                 f"dataset {card.name!r}: {path} does not match its card {card.path.name} "

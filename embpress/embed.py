@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import settings
+from .data import sha256_content
 from .errors import EmbpressError
 from .models import ModelInfo, load_encoder
 
@@ -42,14 +43,6 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_key(info: ModelInfo, dataset: str, split: str, part: str, texts: list[str],
@@ -78,7 +71,7 @@ def _load_entry(npy: Path, manifest_path: Path) -> np.ndarray:
     except (OSError, ValueError, KeyError) as exc:
         raise EmbpressError(f"embedding cache manifest {manifest_path} is unreadable ({exc}); "
                             f"delete it and {npy.name} to re-embed") from None
-    if not npy.is_file() or _sha256_file(npy) != expect:
+    if not npy.is_file() or sha256_content(npy)[0] != expect:
         raise EmbpressError(f"embedding cache file {npy} is missing or corrupt (checksum differs from "
                             f"its manifest); delete {npy.name} and {manifest_path.name} to re-embed")
     try:
@@ -146,7 +139,7 @@ def embed(info: ModelInfo, dataset: str, split: str, part: str, texts: list[str]
         np.save(f, vecs)
     tmp.replace(npy)
     manifest = {"key": key, "ids": list(ids), "shape": list(vecs.shape), "dtype": "float32",
-                "sha256": _sha256_file(npy), "seconds": round(seconds, 3),
+                "sha256": sha256_content(npy)[0], "seconds": round(seconds, 3),
                 "texts_per_s": round(len(texts) / seconds, 2) if seconds > 0 else None,
                 "model": info.as_dict(), "versions": library_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
