@@ -18,6 +18,7 @@ import time
 
 import pandas as pd
 
+from embpress.cli import DEFAULT_WORKERS
 from embpress.grid import load_grid
 from embpress.runner import run
 
@@ -25,7 +26,7 @@ from embpress.runner import run
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default="default")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="as embpress run -j (default: the CPU count up to 8)")
     ap.add_argument("--no-fit-cache", action="store_true")
     args = ap.parse_args()
     config = load_grid(args.grid)

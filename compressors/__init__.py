@@ -5,9 +5,9 @@
     >>> codes = pipe.encode(corpus)            # uint8, shape (n, pipe.bytes_per_vector())
     >>> scores, ids = pipe.search(codes, queries, k=10)
 """
-from .base import Codec, Pipeline, SpecError, Stage, Transform
+from .base import Codec, Pipeline, SpecError, Stage, Transform, config_context
 from .registry import get_stage_class, register, stage_classes
 from .spec import format_pipeline, parse_spec
 
-__all__ = ["Codec", "Pipeline", "SpecError", "Stage", "Transform", "format_pipeline",
+__all__ = ["Codec", "Pipeline", "SpecError", "Stage", "Transform", "config_context", "format_pipeline",
            "get_stage_class", "parse_spec", "register", "stage_classes"]

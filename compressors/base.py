@@ -16,6 +16,8 @@ such as ``"PCA128,SQ8"`` names (see :mod:`compressors.spec`).
 from __future__ import annotations
 
 import inspect
+import threading
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import faiss
@@ -77,6 +79,12 @@ class Stage:
 
     def check_dim(self, dim: int) -> None:
         """Raise SpecError if this stage cannot take ``dim``-dimensional input."""
+
+    #: True when transforming / encoding a block of rows gives those rows of the whole input's
+    #: result (up to the last-bit rounding of matrix products, which BLAS blocks by row count),
+    #: so ``Pipeline.encode`` may go block by block. A stage whose codes depend on the batch
+    #: (LSQ draws its search perturbations for the whole batch from one seed) sets it to False.
+    rowwise = True
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, X: np.ndarray) -> "Stage":
@@ -162,6 +170,11 @@ class Codec(Stage):
 
     def encode(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def encode_into(self, X: np.ndarray, out: np.ndarray) -> None:
+        """Write the codes of ``X`` into ``out`` (uint8, (n, code_size)); codecs whose codes are a
+        plain cast of the input (F32, F16) override it to skip the temporary."""
+        out[...] = self.encode(X)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -297,17 +310,50 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def as_float32_matrix(X: np.ndarray, what: str = "vectors") -> np.ndarray:
+def check_matrix(X: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """``X`` as an array after the cheap checks: 2-d and floating point (no copy, no scan)."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise SpecError(f"{what} must be a 2-d array (n, dim), got shape {X.shape}")
     if not np.issubdtype(X.dtype, np.floating):
         raise SpecError(f"{what} must be floating point, got {X.dtype}")
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    if not np.isfinite(X).all():
+    return X
+
+
+_CONFIG = threading.local()
+
+
+def assume_finite() -> bool:
+    return getattr(_CONFIG, "assume_finite", False)
+
+
+@contextmanager
+def config_context(*, assume_finite: bool):
+    """As scikit-learn's ``config_context(assume_finite=...)``: inside it, input vectors are not
+    scanned for NaN / inf. For callers that validated the data once where it entered (the grid
+    runner: embeddings are checked when computed and checksummed when loaded, ``.npy`` files when
+    read), so that an encode costs what the raw FAISS / numpy call costs. Per thread."""
+    before = getattr(_CONFIG, "assume_finite", False)
+    _CONFIG.assume_finite = bool(assume_finite)
+    try:
+        yield
+    finally:
+        _CONFIG.assume_finite = before
+
+
+def as_float32_matrix(X: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """``X`` as a C-contiguous float32 matrix; SpecError for a wrong shape or dtype, NaN or inf
+    (the NaN / inf scan is skipped inside ``config_context(assume_finite=True)``)."""
+    X = np.ascontiguousarray(check_matrix(X, what), dtype=np.float32)
+    if not assume_finite() and not np.isfinite(X).all():
         bad = int((~np.isfinite(X)).any(axis=1).sum())
         raise SpecError(f"{what} contain NaN or infinite values in {bad} of {X.shape[0]} rows")
     return X
+
+
+#: Rows per block of ``Pipeline.encode``: 2,048 x 384 float32 is 3 MiB, so the NaN/inf scan of a
+#: block leaves it in the CPU cache for the transforms and the codec that read it next.
+ENCODE_BLOCK_ROWS = 2048
 
 
 class Pipeline:
@@ -383,14 +429,31 @@ class Pipeline:
 
     def _forward(self, X: np.ndarray) -> np.ndarray:
         X = as_float32_matrix(X)
-        if self.dim is not None and X.shape[1] != self.dim:
-            raise SpecError(f"{self.to_spec()} was fitted on {self.dim}-d vectors, got {X.shape[1]}-d")
         for t in self.transforms:
             X = t.transform(X)
         return X
 
     def encode(self, X: np.ndarray) -> np.ndarray:
-        return self.codec.encode(self._forward(X))
+        """Codes of the rows of ``X`` (n, dim), one row of ``code_size`` bytes each.
+
+        Large inputs go through in blocks of ``ENCODE_BLOCK_ROWS`` rows when every stage encodes
+        each row on its own (``rowwise``): the NaN/inf check of a block then costs no extra trip
+        through memory, so the pipeline adds next to nothing to the raw encode it wraps."""
+        X = check_matrix(X)
+        if self.dim is not None and X.shape[1] != self.dim:
+            raise SpecError(f"{self.to_spec()} was fitted on {self.dim}-d vectors, got {X.shape[1]}-d")
+        n, step = X.shape[0], ENCODE_BLOCK_ROWS
+        if n <= step or not all(s.rowwise for s in self.stages):
+            codes = self.codec.encode(self._forward(X))
+            # codes are the caller's own array, never a view of its input (F32 codes are one)
+            return codes.copy() if np.may_share_memory(codes, X) else codes
+        out = np.empty((n, self.codec.code_size(self.output_dim(X.shape[1]))), dtype=np.uint8)
+        for start in range(0, n, step):
+            try:
+                self.codec.encode_into(self._forward(X[start:start + step]), out[start:start + step])
+            except SpecError as e:
+                raise SpecError(f"{e} (rows {start} to {min(start + step, n) - 1})") from None
+        return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         Z = self.codec.decode(codes)

@@ -22,8 +22,12 @@ class Float32(Codec):
         return 4 * dim
 
     def encode(self, X: np.ndarray) -> np.ndarray:
+        # a view of X: Pipeline.encode copies it (once) into the codes it returns
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return X.view(np.uint8).reshape(X.shape[0], -1).copy()
+        return X.view(np.uint8).reshape(X.shape[0], -1)
+
+    def encode_into(self, X: np.ndarray, out: np.ndarray) -> None:
+        out.view(np.float32)[...] = X
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes, dtype=np.uint8).view(np.float32)
@@ -49,6 +53,9 @@ class Float16(Codec):
     def encode(self, X: np.ndarray) -> np.ndarray:
         X16 = np.ascontiguousarray(X, dtype=np.float16)
         return X16.view(np.uint8).reshape(X16.shape[0], -1)
+
+    def encode_into(self, X: np.ndarray, out: np.ndarray) -> None:
+        out.view(np.float16)[...] = X          # cast straight into the codes, no temporary
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes, dtype=np.uint8).view(np.float16).astype(np.float32)

@@ -4,7 +4,8 @@ dimensions easier to code by a following ``PQ<m>x<nbits>``, through FAISS's ``OP
 Chained as in FAISS's ``index_factory``: ``OPQ16,PQ16x8``. FAISS trains the rotation by
 alternating a product quantizer of m sub-quantizers (8 bits, as index_factory does; ``:nbits``
 changes it) with an orthogonal Procrustes step, ``niter`` times (FAISS's default 50), on at most
-65,536 of the calibration vectors. With the defaults, ``OPQ16,PQ16x8`` gives the codes and search
+65,536 of the calibration vectors; the first of those product quantizers runs ``niter_pq_0``
+k-means iterations (FAISS's default 40), the later ones 4. With the defaults, ``OPQ16,PQ16x8`` gives the codes and search
 results of ``faiss.index_factory(d, "OPQ16,PQ16np", METRIC_INNER_PRODUCT)`` (index_factory's plain
 ``"PQ16"`` also relabels the centroids for polysemous search, so its code values differ).
 
@@ -26,10 +27,11 @@ class OPQ(Transform):
     family = "opq"
     summary = "FAISS OPQ rotation for m sub-quantizers (chain with PQ<m>x<nbits>)"
 
-    def __init__(self, m: int = 16, nbits: int = 8, niter: int = 50, seed: int = 1234):
+    def __init__(self, m: int = 16, nbits: int = 8, niter: int = 50, niter_pq_0: int = 40, seed: int = 1234):
         self.m = m
         self.nbits = nbits
         self.niter = niter
+        self.niter_pq_0 = niter_pq_0
         self.seed = seed
         self._check_params()
 
@@ -40,6 +42,8 @@ class OPQ(Transform):
             raise SpecError(f"OPQ{self.m}:nbits={self.nbits}: nbits must be between 1 and 16")
         if int(self.niter) < 1:
             raise SpecError(f"OPQ{self.m}:niter={self.niter}: niter must be at least 1")
+        if int(self.niter_pq_0) < 1:
+            raise SpecError(f"OPQ{self.m}:niter_pq_0={self.niter_pq_0}: niter_pq_0 must be at least 1")
 
     def check_dim(self, dim: int) -> None:
         if dim % self.m:
@@ -54,6 +58,7 @@ class OPQ(Transform):
         d = X.shape[1]
         opq = faiss.OPQMatrix(d, self.m)
         opq.niter = self.niter
+        opq.niter_pq_0 = self.niter_pq_0
         # The PQ trained inside OPQ: FAISS's default one (8 bits, seed 1234) unless told
         # otherwise; its too-few-points warning is recorded instead of printed.
         pq = faiss.ProductQuantizer(d, self.m, self.nbits)

@@ -18,9 +18,10 @@ class ProductQuantizer(FaissCodec):
     family = "pq"
     summary = "FAISS product quantization, m sub-quantizers of nbits each"
 
-    def __init__(self, m: int = 16, nbits: int = 8, seed: int = 1234):
+    def __init__(self, m: int = 16, nbits: int = 8, niter: int = 25, seed: int = 1234):
         self.m = m
         self.nbits = nbits
+        self.niter = niter          # k-means iterations per sub-quantizer (FAISS's default 25)
         self.seed = seed
         self._check_params()
 
@@ -29,6 +30,8 @@ class ProductQuantizer(FaissCodec):
             raise SpecError(f"PQ{self.m}x{self.nbits}: m must be at least 1")
         if not 1 <= int(self.nbits) <= 16:
             raise SpecError(f"PQ{self.m}x{self.nbits}: nbits must be between 1 and 16")
+        if int(self.niter) < 1:
+            raise SpecError(f"PQ{self.m}x{self.nbits}:niter={self.niter}: niter must be at least 1")
 
     def check_dim(self, dim: int) -> None:
         if dim % self.m:
@@ -44,6 +47,7 @@ class ProductQuantizer(FaissCodec):
             raise SpecError(f"PQ{self.m}x{self.nbits} needs at least {k} training vectors (one per centroid), got {X.shape[0]}")
         index = faiss.IndexPQ(X.shape[1], self.m, self.nbits, faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = self.seed
+        index.pq.cp.niter = self.niter
         # FAISS prints its too-few-points warning straight to stderr; it is recorded in the
         # result row instead (fit_warnings), so the k-means check is done here.
         index.pq.cp.min_points_per_centroid = 1

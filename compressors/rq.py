@@ -30,10 +30,11 @@ class ResidualQuantizer(FaissCodec):
     family = "rq"
     summary = "FAISS residual quantization, m codebooks of nbits each (:beam sets the beam search)"
 
-    def __init__(self, m: int = 8, nbits: int = 8, beam: int = 1, seed: int = 1234):
+    def __init__(self, m: int = 8, nbits: int = 8, beam: int = 1, niter: int = 10, seed: int = 1234):
         self.m = m
         self.nbits = nbits
         self.beam = beam
+        self.niter = niter          # k-means iterations per codebook (FAISS's default for RQ: 10)
         self.seed = seed
         self._check_params()
 
@@ -44,6 +45,8 @@ class ResidualQuantizer(FaissCodec):
             raise SpecError(f"RQ{self.m}x{self.nbits}: nbits must be between 1 and 16")
         if int(self.beam) < 1:
             raise SpecError(f"RQ{self.m}x{self.nbits}:beam={self.beam}: the beam size must be at least 1")
+        if int(self.niter) < 1:
+            raise SpecError(f"RQ{self.m}x{self.nbits}:niter={self.niter}: niter must be at least 1")
 
     def _new_index(self, dim: int) -> faiss.IndexResidualQuantizer:
         return faiss.IndexResidualQuantizer(dim, self.m, self.nbits, faiss.METRIC_INNER_PRODUCT,
@@ -59,6 +62,7 @@ class ResidualQuantizer(FaissCodec):
         index = self._new_index(X.shape[1])
         index.rq.max_beam_size = self.beam
         index.rq.cp.seed = self.seed
+        index.rq.cp.niter = self.niter
         index.rq.cp.min_points_per_centroid = 1     # warning recorded below instead of printed
         index.train(np.ascontiguousarray(X, dtype=np.float32))
         self.index_ = index

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from compressors import Pipeline, SpecError, parse_spec
+from compressors import Pipeline, SpecError, config_context, parse_spec
 from compressors.base import cosine_rows, knn_inner_product
 
 from . import settings
@@ -221,7 +221,10 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """evaluate() that never raises: an unexpected error becomes a failed row with its message."""
     try:
-        return evaluate(task)
+        # the grid's vectors were checked for NaN / inf where they entered (embedding, checksummed
+        # cache, .npy loading): no per-call scan inside the measured kernels
+        with config_context(assume_finite=True):
+            return evaluate(task)
     except (SpecError, ValueError, RuntimeError, MemoryError, OSError) as exc:
         return ({"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                  "compressor": task.compressor, "status": "failed",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
         sys.stderr.write(f"embpress: error: {message} (see `{self.prog} --help`)\n")
         sys.exit(2)
+
+
+#: ``embpress run -j``: one worker process per core (cells are independent), at most 8.
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 8)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -44,7 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>, must not exist)")
     r.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue a killed run folder: finished cells are kept, the rest are run")
-    r.add_argument("-j", "--workers", type=int, default=1, help="local worker processes (default 1)")
+    r.add_argument("-j", "--workers", type=int, default=DEFAULT_WORKERS,
+                   help=f"local worker processes (default: the CPU count up to 8, here {DEFAULT_WORKERS})")
     r.add_argument("--threads", type=int, default=None,
                    help="BLAS/FAISS threads per worker (default: cores / workers when workers > 1)")
     r.add_argument("--executor", default="local", help="local (default) or dask")

@@ -6,7 +6,8 @@
     compressors = ["F32", "F16", "SQ8"]          # fixed specs, run as they are
     budgets = [16, 32, 64, 128, 256, 512]        # bytes per vector
     families = ["PCA{d},SQ8", "PQ{m}x8", "BIN:rescore={mult}",
-                {template = "LSQ{m}x8", budgets = [8, 16]}]   # a family's own budgets
+                {template = "LSQ{m}x8", budgets = [8, 16], calibration = "sample:4096"}]
+                                                 # a family's own budgets and calibration
 
     [axes]                                       # values for named template fields
     mult = [2, 4, 10]
@@ -16,7 +17,8 @@ left free, it is solved for each budget: the value whose pipeline stores exactly
 per vector on the model's dimension (``PQ{m}x8`` at 32 B → ``PQ32x8``; ``PCA{d},BIN`` at 16 B →
 ``PCA128,BIN``). A budget no value can meet is an *infeasible* cell, kept in the results with the
 reason, never silently dropped. Optional keys: ``k``, ``max_queries``, ``max_docs``, ``batch_size``,
-``calibration``.
+``calibration`` (what compressors are fitted on: ``corpus``, ``sample:N``, ``dataset:NAME`` or
+``file:PATH.npy``; a family table may set its own, e.g. a sample for slow trainers).
 """
 from __future__ import annotations
 
@@ -58,10 +60,15 @@ _LIST_KEYS = {"datasets": str, "models": str, "compressors": str, "budgets": int
 
 
 def family_parts(family: str | dict[str, Any], budgets: list[int]) -> tuple[str, list[int]]:
-    """A family entry is a template string, or {template = "...", budgets = [...]}."""
+    """A family entry is a template string, or {template = "...", budgets = [...], calibration = "..."}."""
     if isinstance(family, str):
         return family, budgets
     return family["template"], list(family.get("budgets", budgets))
+
+
+def family_calibration(family: str | dict[str, Any]) -> str | None:
+    """The family's own calibration, or None for the run's."""
+    return family.get("calibration") if isinstance(family, dict) else None
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -89,10 +96,12 @@ def config_from_dict(raw: dict[str, Any], where: str) -> RunConfig:
             raise EmbpressError(f"{where}: {key} must be a list of "
                                 f"{' or '.join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))}s")
     for fam in raw.get("families", []):
-        if isinstance(fam, dict) and (not isinstance(fam.get("template"), str) or set(fam) - {"template", "budgets"}
+        if isinstance(fam, dict) and (not isinstance(fam.get("template"), str)
+                                      or set(fam) - {"template", "budgets", "calibration"}
+                                      or not isinstance(fam.get("calibration", ""), str)
                                       or not all(isinstance(b, int) and b > 0 for b in fam.get("budgets", []))):
             raise EmbpressError(f"{where}: a family table needs template = \"...\" and optionally "
-                                f"budgets = [positive ints], got {fam}")
+                                f"budgets = [positive ints] and calibration = \"...\", got {fam}")
     if not raw.get("compressors") and not raw.get("families"):
         raise EmbpressError(f"{where}: needs compressors or families")
     for fam in raw.get("families", []):
@@ -126,10 +135,14 @@ class CellSpec:
     template: str | None = None     # the family template it came from
     budget: int | None = None       # the target bytes per vector
     infeasible: str | None = None   # why no spec meets the budget
+    calibration: str | None = None  # the family's own calibration (None: the run's)
 
 
-def cell_id(model: str, dataset: str, compressor: str, budget: int | None = None) -> str:
+def cell_id(model: str, dataset: str, compressor: str, budget: int | None = None,
+            calibration: str | None = None) -> str:
     key = f"{model}|{dataset}|{compressor}|{budget if budget is not None else ''}"
+    if calibration is not None:
+        key += f"|{calibration}"
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -212,22 +225,23 @@ def expand(config: RunConfig, dim: int) -> list[CellSpec]:
     cells = [CellSpec(parse_spec(s).to_spec()) for s in config.compressors]
     for family in config.families:
         template, budgets = family_parts(family, config.budgets)
+        cal = family_calibration(family)
         axis_names = [f for f in _fields(template) if f in config.axes]
         combos = [dict(zip(axis_names, vals)) for vals in itertools.product(*(config.axes[a] for a in axis_names))]
         for fixed in combos:
             if not _free_fields(template, fixed):
-                cells.append(CellSpec(parse_spec(template.format(**fixed)).to_spec(), template))
+                cells.append(CellSpec(parse_spec(template.format(**fixed)).to_spec(), template, calibration=cal))
                 continue
             for budget in budgets:
                 spec, why = solve_budget(template, budget, dim, fixed)
                 if spec is not None:
-                    cells.append(CellSpec(parse_spec(spec).to_spec(), template, budget))
+                    cells.append(CellSpec(parse_spec(spec).to_spec(), template, budget, calibration=cal))
                 else:
                     label = template.format(**fixed, **{f: "{" + f + "}" for f in _free_fields(template, fixed)})
-                    cells.append(CellSpec(label, template, budget, why))
+                    cells.append(CellSpec(label, template, budget, why, cal))
     seen, unique = set(), []
     for c in cells:
-        key = (c.compressor, c.budget if c.infeasible else None)
+        key = (c.compressor, c.budget if c.infeasible else None, c.calibration)
         if key not in seen:
             seen.add(key)
             unique.append(c)

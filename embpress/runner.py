@@ -27,7 +27,7 @@ from .cells import CellTask, ground_truth, run_cell, save_npz
 from .data import is_vector_folder, load_card, load_dataset, load_vector_folder
 from .embed import embed_dataset
 from .errors import EmbpressError
-from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_parts, load_grid  # noqa: F401
+from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
 from .models import model_info, resolve_model
 from .results import RunWriter, format_table, new_run_dir
 
@@ -69,6 +69,9 @@ def plan(config: RunConfig) -> Plan:
     if config.k < 1:
         raise EmbpressError(f"k must be at least 1, got {config.k}")
     _check_calibration(config.calibration)
+    for family in config.families:
+        if family_calibration(family) is not None:
+            _check_calibration(family_calibration(family))
     return Plan(config, entries)
 
 
@@ -155,17 +158,24 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
         writer.meta.setdefault("baselines", {})[f"{model}|{ds.name}"] = baseline
         writer.write_meta()
         echo(f"{ds.name} · {model}: float32 baseline " + ", ".join(f"{m}={v:.2f}" for m, v in baseline.items()))
-        cal_path = (_calibration_path(config.calibration, info, writer, config.batch_size, progress)
-                    if entry is not None else
-                    (str(Path(config.calibration[5:]).resolve()) if config.calibration.startswith("file:") else None))
+        cal_paths: dict[str, str | None] = {}
+
+        def cal_path(cal: str) -> str | None:
+            if cal not in cal_paths:
+                cal_paths[cal] = (_calibration_path(cal, info, writer, config.batch_size, progress)
+                                  if entry is not None else
+                                  (str(Path(cal[5:]).resolve()) if cal.startswith("file:") else None))
+            return cal_paths[cal]
+
         dim = next(iter(vectors.values())).shape[1]
         for cell in expand(config, dim):
+            cal = cell.calibration or config.calibration
             tasks.append(CellTask(
-                cell_id=cell_id(model, ds.name, cell.compressor, cell.budget), model=model,
+                cell_id=cell_id(model, ds.name, cell.compressor, cell.budget, cell.calibration), model=model,
                 dataset=name, dataset_label=ds.name, compressor=cell.compressor,
                 vectors=_vector_paths(vectors), truth=str(truth_path), k=config.k,
-                max_queries=config.max_queries, max_docs=config.max_docs, calibration=config.calibration,
-                calibration_path=cal_path, budget=cell.budget, template=cell.template,
+                max_queries=config.max_queries, max_docs=config.max_docs, calibration=cal,
+                calibration_path=cal_path(cal), budget=cell.budget, template=cell.template,
             ) if cell.infeasible is None else _infeasible_task(model, ds.name, ds.task, cell))
     return tasks
 
@@ -198,7 +208,7 @@ class _InfeasibleTask:
 
 
 def _infeasible_task(model: str, dataset: str, task: str, cell: CellSpec) -> _InfeasibleTask:
-    return _InfeasibleTask(cell_id(model, dataset, cell.compressor, cell.budget), model, dataset,
+    return _InfeasibleTask(cell_id(model, dataset, cell.compressor, cell.budget, cell.calibration), model, dataset,
                            cell.compressor, cell.budget, cell.template, cell.infeasible or "", task)
 
 

@@ -157,6 +157,53 @@ def test_nan_vectors_are_refused(corpus_vectors):
         parse_spec("SQ8").fit(bad)
 
 
+def test_assume_finite_skips_the_scan_only_inside_its_context(corpus_vectors):
+    from compressors import config_context
+    pipe = parse_spec("F32").fit(corpus_vectors)
+    bad = corpus_vectors.copy()
+    bad[0, 0] = np.nan
+    with config_context(assume_finite=True):
+        assert np.isnan(pipe.decode(pipe.encode(bad))[0, 0])      # validated elsewhere: not scanned
+    with pytest.raises(SpecError, match="NaN"):
+        pipe.encode(bad)
+    codes = pipe.encode(corpus_vectors)                            # F32 codes never alias the input
+    assert not np.shares_memory(codes, corpus_vectors)
+
+
+def test_nan_in_a_later_encode_block_is_refused(corpus_vectors, monkeypatch):
+    import compressors.base
+    monkeypatch.setattr(compressors.base, "ENCODE_BLOCK_ROWS", 64)
+    pipe = parse_spec("PCA64,SQ8").fit(corpus_vectors)
+    bad = np.vstack([corpus_vectors] * 2)
+    bad[len(bad) - 5, 0] = np.inf
+    with pytest.raises(SpecError, match=r"NaN or infinite values in 1 of \d+ rows \(rows \d+ to \d+\)"):
+        pipe.encode(bad)
+
+
+# Fraction of code bytes allowed to differ: none, except where a matrix product comes first
+# (BLAS and sparse products round the last bit differently for another row count, which can move a value across a
+# quantization level) or the codes hold floats (RaBitQ's per-vector factors).
+BLOCK_CASES = [("F32", 0), ("F16", 0), ("BF16", 0), ("SQ4", 0), ("BIN:threshold=median:rescore=2", 0), ("HASH128:k=2,F16", 1e-3),
+               ("PQ16x8", 0), ("RQ4x8", 1e-3), ("TOPK32:values=int8", 0), ("HYB64:high=int8:low=int4", 0),
+               ("LSQ4x4:train_iters=2", 0), ("PCA64,SQ8", 1e-3), ("ROT,SQ4", 1e-3), ("OPQ8,PQ8x8", 1e-3),
+               ("ITQ128", 1e-3), ("RABITQ", 0.01)]
+
+
+@pytest.mark.parametrize("spec,allowed", BLOCK_CASES)
+def test_block_wise_encode_equals_encoding_all_rows_at_once(spec, allowed, corpus_vectors, monkeypatch):
+    """Pipeline.encode goes block by block; every row-wise stage must give the codes of the whole
+    batch, and a batch-dependent one (LSQ: 1 % of its codes change in blocks) is encoded in one piece."""
+    import compressors.base
+    pipe = parse_spec(spec).fit(corpus_vectors)
+    whole = pipe.codec.encode(pipe._forward(corpus_vectors))
+    monkeypatch.setattr(compressors.base, "ENCODE_BLOCK_ROWS", 100)
+    blocks = pipe.encode(corpus_vectors)
+    assert blocks.shape == whole.shape and blocks.dtype == whole.dtype
+    differ = (blocks != whole).mean()
+    assert differ <= allowed, f"{differ:.3%} of the code bytes differ"
+    np.testing.assert_allclose(pipe.decode(blocks), pipe.decode(whole), atol=0.01)
+
+
 def test_dimension_mismatch_is_refused(corpus_vectors):
     pipe = parse_spec("SQ8").fit(corpus_vectors)
     with pytest.raises(SpecError, match="fitted on 384-d"):

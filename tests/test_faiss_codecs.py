@@ -292,3 +292,17 @@ def test_fitted_stages_pickle(spec, fitted, corpus_vectors, query_vectors):
     np.testing.assert_array_equal(again.encode(corpus_vectors), codes)
     np.testing.assert_array_equal(again.decode(codes[:50]), pipe.decode(codes[:50]))
     np.testing.assert_array_equal(again.search(codes, query_vectors, 5)[1], pipe.search(codes, query_vectors, 5)[1])
+
+
+def test_kmeans_iterations_reach_faiss(corpus_vectors):
+    """PQ's and RQ's ``niter`` and OPQ's ``niter_pq_0`` are FAISS's own settings, passed through."""
+    pq = parse_spec("PQ8x4:niter=1").fit(corpus_vectors)
+    ref = faiss.IndexPQ(D, 8, 4, IP)
+    ref.pq.cp.niter = 1
+    ref.train(corpus_vectors)
+    np.testing.assert_array_equal(pq.encode(corpus_vectors), ref.sa_encode(corpus_vectors))
+    assert not np.array_equal(pq.encode(corpus_vectors), parse_spec("PQ8x4").fit(corpus_vectors).encode(corpus_vectors))
+    rq = parse_spec("RQ2x6:niter=3").fit(corpus_vectors)
+    assert rq.codec.index_.rq.cp.niter == 3 and parse_spec("RQ2x6").fit(corpus_vectors).codec.index_.rq.cp.niter == 10
+    opq = parse_spec("OPQ8:niter=2:niter_pq_0=3,PQ8x8").fit(corpus_vectors)
+    assert opq.transforms[0].opq_.niter_pq_0 == 3

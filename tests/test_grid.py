@@ -63,6 +63,21 @@ def test_expand_with_axes_and_fixed_specs():
     assert {c.budget for c in cells[1:]} == {16, 32}
 
 
+@pytest.mark.parametrize("name", ["quick", "default", "full"])
+def test_shipped_grids_are_valid_and_default_covers_every_family_at_6_budgets(name):
+    from collections import Counter
+    from embpress.grid import load_grid
+    from embpress.runner import plan
+    cfg = load_grid(name)
+    plan(cfg)                                               # every template and option exists
+    cells = expand(cfg, 384)
+    assert len({(c.compressor, c.infeasible and c.budget, c.calibration) for c in cells}) == len(cells)
+    if name == "default":
+        assert set(cfg.datasets) == {"scifact", "nfcorpus", "stsbenchmark", "sick"}
+        feasible = Counter(c.template for c in cells if c.template and c.infeasible is None)
+        assert len(feasible) == len(cfg.families) and min(feasible.values()) >= 6, feasible
+
+
 def test_grid_run_keeps_infeasible_cells_and_caches_fits():
     import shutil
     from embpress import settings
@@ -205,6 +220,28 @@ def test_calibration_on_separate_vectors_is_recorded(tmp_path, corpus_vectors):
     assert (df2.n_train == 350).all() and df2.calibration.str.startswith("file:").all()
     with pytest.raises(EmbpressError, match="must be corpus, sample:N"):
         run(replace_cfg(cfg, calibration="bogus"), progress=False)
+
+
+def test_a_family_can_have_its_own_calibration(tmp_path):
+    """Slow trainers on a sample, the rest on the whole corpus, in one run; a bad family
+    calibration is refused before anything runs, and grid files accept the key."""
+    cfg = small_config(datasets=["scifact"], compressors=["SQ8"], budgets=[16],
+                       families=["PQ{m}x8", {"template": "PQ{m}x8:niter=5", "calibration": "sample:300"}])
+    df, _ = run(cfg, progress=False)
+    by_spec = df.set_index("compressor")
+    assert by_spec.loc["SQ8", "calibration"] == "corpus" and by_spec.loc["SQ8", "n_train"] == 600
+    assert by_spec.loc["PQ16x8", "calibration"] == "corpus" and by_spec.loc["PQ16x8", "n_train"] == 600
+    assert by_spec.loc["PQ16x8:niter=5", "calibration"] == "sample:300"
+    assert by_spec.loc["PQ16x8:niter=5", "n_train"] == 300
+    assert df.cell_id.is_unique
+    with pytest.raises(EmbpressError, match="must be corpus, sample:N"):
+        run(replace_cfg(cfg, families=[{"template": "PQ{m}x8", "calibration": "sample:lots"}]), progress=False)
+    from embpress.grid import load_grid
+    grid = tmp_path / "g.toml"
+    grid.write_text('datasets = ["scifact"]\nmodels = ["minilm"]\nbudgets = [16]\n'
+                    'families = [{ template = "PQ{m}x8", calibration = 300 }]\n')
+    with pytest.raises(EmbpressError, match="calibration = "):
+        load_grid(str(grid))
 
 
 def replace_cfg(cfg, **kw):
