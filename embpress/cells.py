@@ -49,12 +49,17 @@ class CellTask:
 # ---------------------------------------------------------------------------- worker context
 def limit_threads(n: int) -> None:
     """Pin BLAS/OpenMP and FAISS to n threads so parallel workers do not oversubscribe the CPU."""
-    if n <= 0:
+    global _THREADS
+    if n <= 0 or n == _THREADS:
         return
     import faiss
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
     faiss.omp_set_num_threads(n)
+    _THREADS = n
+
+
+_THREADS = 0      # what limit_threads last set in this process
 
 
 @dataclass
@@ -101,15 +106,22 @@ def _code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def fit_cache_path(pipe: Pipeline, calib: np.ndarray) -> Path:
-    h = hashlib.sha256(np.ascontiguousarray(calib).tobytes())
+def calibration_digest(calib: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
+
+
+def fit_cache_path(pipe: Pipeline, calib: np.ndarray, digest: str | None = None) -> Path:
+    h = hashlib.sha256((digest or calibration_digest(calib)).encode())
     h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version()}".encode())
     return settings.cache_dir() / "fitted" / f"{h.hexdigest()[:24]}.pkl"
 
 
-def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True) -> tuple[Pipeline, float, bool]:
-    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache)."""
-    path = fit_cache_path(pipe, calib) if use_cache and any(s.needs_fit for s in pipe.stages) else None
+def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True,
+                 digest: str | None = None) -> tuple[Pipeline, float, bool]:
+    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache).
+    ``digest``: the calibration vectors' sha256 when the caller already has it."""
+    path = (fit_cache_path(pipe, calib, digest) if use_cache and any(s.needs_fit for s in pipe.stages)
+            else None)
     if path is not None and path.is_file():
         try:
             with open(path, "rb") as f:
@@ -145,6 +157,20 @@ def _calibration(task: CellTask, ctx: Context, stored: np.ndarray) -> np.ndarray
     raise SpecError(f"unknown calibration {kind!r} (corpus, sample:N, dataset:NAME or file:PATH)")
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _calibration_digest(task: CellTask, calib: np.ndarray) -> str:
+    """sha256 of the calibration vectors, hashed once per process for all the cells that share
+    them (the files' sizes and modification times are part of the key)."""
+    files = [path for _, path in task.vectors] + ([task.calibration_path] if task.calibration_path else [])
+    key = (task.dataset, task.max_docs, task.max_queries, task.calibration, calib.shape,
+           tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = calibration_digest(calib)
+    return _DIGESTS[key]
+
+
 def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one cell; returns (result row, per-query arrays)."""
     limit_threads(task.threads)
@@ -167,8 +193,10 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row["family"] = pipe.family
         pipe.check_dim(dim)
         calib = np.ascontiguousarray(_calibration(task, ctx, stored), dtype=np.float32)
+        digest = (_calibration_digest(task, calib) if task.fit_cache and any(s.needs_fit for s in pipe.stages)
+                  else None)
         t0 = time.perf_counter()
-        pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, task.fit_cache)
+        pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, task.fit_cache, digest)
         row["fit_wall_s"] = time.perf_counter() - t0   # the fit, or loading it from the cache
     except SpecError as exc:
         row.update(status="infeasible", error=str(exc))

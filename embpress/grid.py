@@ -27,6 +27,7 @@ import itertools
 import string
 import tomllib
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +170,13 @@ def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) ->
     free = _free_fields(template, fixed)
     if len(free) != 1:
         raise SpecError(f"family {template!r} must leave exactly one field free for budgets, has {free}")
-    name = free[0]
     best_under: tuple[int, str] | None = None
     nearest: list[tuple[int, str]] = []
     refusal = None
-    for value in range(8 * dim, 0, -1):
-        spec = template.format(**fixed, **{name: value})
-        try:
-            pipe = parse_spec(spec)
-            size = pipe.bytes_per_vector(dim)
-        except SpecError:
-            continue
-        try:
-            pipe.check_dim(dim)
-        except SpecError as exc:
+    for spec, size, why in _settings(template, dim, tuple(sorted(fixed.items())), free[0]):
+        if why is not None:
             if size == budget and refusal is None:
-                refusal = str(exc)
+                refusal = why
             continue
         if size == budget:
             return spec, None
@@ -197,6 +189,27 @@ def solve_budget(template: str, budget: int, dim: int, fixed: dict[str, Any]) ->
         return None, refusal
     near = ", ".join(s for _, s in sorted(nearest)[:2]) or "none"
     return None, f"no {template} fits {budget} B/vector on {dim}-d vectors (nearest: {near})"
+
+
+@lru_cache(maxsize=512)
+def _settings(template: str, dim: int, fixed: tuple, name: str) -> list[tuple[str, int, str | None]]:
+    """Every value of the free field, largest first, as (spec, bytes per vector, why the chain
+    cannot take ``dim``-d input or None); computed once per template and dimension, then shared
+    by all its budgets."""
+    out = []
+    for value in range(8 * dim, 0, -1):
+        spec = template.format(**dict(fixed), **{name: value})
+        try:
+            pipe = parse_spec(spec)
+            size = pipe.bytes_per_vector(dim)
+        except SpecError:
+            continue
+        try:
+            pipe.check_dim(dim)
+            out.append((spec, size, None))
+        except SpecError as exc:
+            out.append((spec, size, str(exc)))
+    return out
 
 
 def check_template(template: str, axes: dict[str, list]) -> None:

@@ -69,8 +69,12 @@ def retrieval_scores(ranked_ids: list[list[str]], query_ids: list[str],
 
 def knn_recall(found: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
     """Per-query |found[:, :k] ∩ exact[:, :k]| / k."""
-    f, e = found[:, :k], exact[:, :k]
-    return np.array([len(np.intersect1d(a, b, assume_unique=False)) / k for a, b in zip(f, e)])
+    f, e = np.asarray(found)[:, :k], np.asarray(exact)[:, :k]
+    hits = np.empty(len(e))
+    for start in range(0, len(e), 1024):            # (rows × k × k) comparisons, 1024 rows at a time
+        fb, eb = f[start:start + 1024], e[start:start + 1024]
+        hits[start:start + 1024] = ((eb[:, :, None] == fb[:, None, :]).any(axis=2) & (eb >= 0)).sum(axis=1)
+    return hits / k
 
 
 def sts_spearman(similarity: np.ndarray, gold: np.ndarray) -> float:

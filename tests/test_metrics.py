@@ -65,3 +65,15 @@ def test_exact_search_is_exact(corpus_vectors, query_vectors):
     _, ids = knn_inner_product(query_vectors, corpus_vectors, 5)
     brute = np.argsort(-(query_vectors @ corpus_vectors.T), axis=1)[:, :5]
     assert (ids == brute).mean() > 0.99
+
+
+def test_knn_recall_counts_each_true_neighbour_once():
+    from embpress.metrics import knn_recall
+    rng = np.random.default_rng(0)
+    exact = np.stack([rng.permutation(500)[:20] for _ in range(50)])
+    found = rng.integers(0, 500, (50, 20))
+    found[:5] = exact[:5]                                      # perfect rows
+    found[5:10, :10] = exact[5:10, 0:1]                        # one true neighbour repeated
+    ref = np.array([len(np.intersect1d(a, b)) / 20 for a, b in zip(found, exact)])
+    np.testing.assert_allclose(knn_recall(found, exact, 20), ref)
+    assert (knn_recall(found, exact, 20)[:5] == 1).all()
