@@ -2,9 +2,10 @@
 
 Runs a grid (default: benchmarks/default.toml) with cached embeddings and prints, side by side
 from the same run: the wall time of the cell phase, the sum of the time spent inside the
-compressor and search kernels (fit or fit-cache load, encode, search, STS scoring, as measured
-around those calls in each cell), and the harness overhead (everything else: scheduling,
-metrics, result writing). Run it twice to see a cold and a warm fitted-compressor cache:
+compressor and search kernels (fit or fit-cache load, encode, search, STS similarity, as measured
+around those calls in each cell), and the harness overhead (everything else), split into scoring
+the results (nDCG, recall, MRR, kNN recall, Spearman) and the rest (scheduling, loading, writing
+results). Run it twice to see a cold and a warm fitted-compressor cache:
 
     python benchmarks/bench_grid.py                 # the default grid, fit cache as it is
     python benchmarks/bench_grid.py --no-fit-cache  # cold: every compressor refitted
@@ -39,6 +40,7 @@ def main() -> None:
     kernel_cols = [c for c in ("fit_wall_s", "encode_s", "search_s", "score_s") if c in ok]
     kernels = ok[kernel_cols].fillna(0).sum()
     kernel_total = float(kernels.sum())
+    metrics_total = float(ok["metrics_s"].fillna(0).sum()) if "metrics_s" in ok else 0.0
     cell_wall = meta["cell_wall_s"]
     print(f"grid {args.grid}: {len(df)} cells ({df.status.value_counts().to_dict()}), workers={args.workers}, "
           f"fit cache {'off' if args.no_fit_cache else 'on'} ({int(ok.fit_cached.fillna(False).sum())} fits loaded)")
@@ -51,6 +53,10 @@ def main() -> None:
     print(f"  kernels (sum / workers):                                   {busy:8.2f} s")
     print(f"  harness overhead in the cell phase: {cell_wall - busy:.2f} s = "
           f"{100 * (cell_wall - busy) / cell_wall:.1f} % of its wall time")
+    rest = cell_wall - busy - metrics_total / args.workers
+    print(f"    of which scoring the results (nDCG, recall, MRR, kNN recall, Spearman; sum / workers): "
+          f"{metrics_total / args.workers:.2f} s; the rest (scheduling, loading, writing results): "
+          f"{rest:.2f} s = {100 * rest / cell_wall:.1f} %")
     slow = ok.assign(t=ok[kernel_cols].fillna(0).sum(axis=1)).nlargest(8, "t")[["dataset", "compressor", "t"]]
     print("  slowest cells:\n" + slow.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print(f"  results: {run_dir}")

@@ -221,6 +221,7 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row["search_qps"] = len(Q) / max(row["search_s"], 1e-9)
         row["n_queries"] = len(Q)
         per_query["top10"] = ids[:, :10].astype(np.int32)
+        t0 = time.perf_counter()
         recalls = {}
         for kk in (10, 100):
             kk_eff = min(kk, ctx.exact_ids.shape[1])
@@ -232,13 +233,16 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             scores = retrieval_scores(ranked, ctx.query_ids, ctx.qrels)
             per_query.update(scores)
             row.update({m: float(v.mean()) for m, v in scores.items()})
+        row["metrics_s"] = time.perf_counter() - t0
     else:
         n = len(ctx.scores)
         t0 = time.perf_counter()
         sim = pipe.pair_similarity(codes[:n], codes[n:])
         row["score_s"] = time.perf_counter() - t0
         per_query["similarity"] = np.asarray(sim, dtype=np.float64)
+        t0 = time.perf_counter()
         row["spearman"] = sts_spearman(sim, ctx.scores)
+        row["metrics_s"] = time.perf_counter() - t0
         row["n_queries"] = n
     main = MAIN_METRIC[ctx.task]
     row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
