@@ -15,10 +15,10 @@ cache entries (``@fp32``, the reference, is the plain model and keeps its key).
 
 Why two int8 APIs: torch 2.13 deprecates ``torch.ao.quantization`` (its warning says to migrate
 eager-mode ``quantize_dynamic`` to torchao's ``quantize_``), and torchao's int8 dynamic config is
-that replacement. On CPU without ``torch.compile``, torchao runs its int8 matmuls through generic
-ops and is several times *slower* than float32 (while agreeing far better with it: per-token
-activation scales), whereas the deprecated API still calls FBGEMM/oneDNN int8 kernels and is the
-only eager int8 path that is faster than float32 here. Both are offered so the benchmark shows
+that replacement. They trade speed against agreement with float32: ``benchmarks/bench_encoders.py``
+measured torchao (per-token activation scales, no ``torch.compile``) at cosine 0.997 to float32
+and 1.05-1.9x its speed, the deprecated API's FBGEMM/oneDNN kernels at cosine 0.95 (per tensor) /
+0.98 (per channel) and 2.4-3.4x (2-core AMD EPYC; README). Both are offered so the benchmark shows
 the trade-off instead of picking one. Only Linear layers are quantized (the word-embedding
 matrix, half of MiniLM's weights, stays in float32), which ``model_memory_bytes`` shows.
 
