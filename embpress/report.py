@@ -264,13 +264,21 @@ def model_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:
 def model_variants(df: pd.DataFrame, size_col: str) -> tuple[pd.DataFrame, str]:
     """The float32-embedding (``F32``) rows of every encoder, with ``ref_pct``: quality as % of the
     reference encoder's on the same dataset; the reference is the row's ``reference_model`` when the
-    table has that column, else the largest model. Returns (rows, the reference names)."""
+    table has that column, else the float32 model most of the variants were built from
+    (``model_base``), else the largest model. Returns (rows, the reference names)."""
     ok = df[(df.status == "ok") & (df.compressor == "F32")].copy()
     if ok.empty:
         return ok.assign(ref=None, ref_pct=np.nan), ""
     ok[size_col] = pd.to_numeric(ok[size_col], errors="coerce")
+    bases = (ok.drop_duplicates("model")["model_base"].dropna() if "model_base" in ok else pd.Series(dtype=object))
+    bases = bases[bases.isin(ok["model"])]
     if "reference_model" in ok and ok["reference_model"].notna().any():
         ok["ref"] = ok["reference_model"].where(ok["reference_model"].notna(), ok["model"])
+    elif len(bases):
+        # the float32 encoder that most of the run's variants were built from (e.g. all-MiniLM-L6-v2
+        # for its bf16/int8 variants); other models in the run (a distilled student, a teacher) are
+        # shown against it too
+        ok["ref"] = bases.value_counts().idxmax()
     else:
         sizes = ok.groupby("model")[size_col].max()
         ok["ref"] = sizes.idxmax() if sizes.notna().any() else ok["model"].iloc[0]

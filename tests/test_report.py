@@ -436,3 +436,15 @@ def test_model_variants_are_relative_to_the_largest_encoder():
     rows, ref = model_variants(df, "model_params")
     assert ref == "big" and list(rows.ref_pct) == [100, 100, 75, 90]
     assert model_columns(df.drop(columns=["model_params"])) == (None, "model_texts_per_s")
+
+
+def test_model_variants_are_relative_to_the_base_most_variants_share():
+    """A distilled student with a projection is bigger than MiniLM, but the variants' own float32
+    base stays the reference."""
+    from embpress.report import model_variants
+    models = ["mini", "mini@bf16", "mini@int8", "student"]
+    df = pd.DataFrame({"model": models, "dataset": "a", "compressor": "F32", "status": "ok",
+                       "quality": [60.0, 60.0, 57.0, 54.0], "model_memory_bytes": [91e6, 45e6, 59e6, 92e6],
+                       "model_base": ["mini", "mini", "mini", "student"]})
+    rows, ref = model_variants(df, "model_memory_bytes")
+    assert ref == "mini" and list(rows.ref_pct) == [100, 100, 95, 90]
