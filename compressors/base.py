@@ -436,23 +436,21 @@ class Pipeline:
     def encode(self, X: np.ndarray) -> np.ndarray:
         """Codes of the rows of ``X`` (n, dim), one row of ``code_size`` bytes each.
 
-        Large inputs go through in blocks of ``ENCODE_BLOCK_ROWS`` rows when every stage encodes
-        each row on its own (``rowwise``): the NaN/inf check of a block then costs no extra trip
-        through memory, so the pipeline adds next to nothing to the raw encode it wraps."""
+        The input goes through in blocks of ``ENCODE_BLOCK_ROWS`` rows when every stage encodes
+        each row on its own (``rowwise``), else in one piece: the NaN/inf check of a block then
+        costs no extra trip through memory, so the pipeline adds next to nothing to the raw encode
+        it wraps."""
         X = check_matrix(X)
         if self.dim is not None and X.shape[1] != self.dim:
             raise SpecError(f"{self.to_spec()} was fitted on {self.dim}-d vectors, got {X.shape[1]}-d")
-        n, step = X.shape[0], ENCODE_BLOCK_ROWS
-        if n <= step or not all(s.rowwise for s in self.stages):
-            codes = self.codec.encode(self._forward(X))
-            # codes are the caller's own array, never a view of its input (F32 codes are one)
-            return codes.copy() if np.may_share_memory(codes, X) else codes
+        n = X.shape[0]
+        step = ENCODE_BLOCK_ROWS if all(s.rowwise for s in self.stages) else max(n, 1)
         out = np.empty((n, self.codec.code_size(self.output_dim(X.shape[1]))), dtype=np.uint8)
         for start in range(0, n, step):
             try:
                 self.codec.encode_into(self._forward(X[start:start + step]), out[start:start + step])
             except SpecError as e:
-                raise SpecError(f"{e} (rows {start} to {min(start + step, n) - 1})") from None
+                raise SpecError(f"{e} (rows {start} to {min(start + step, n) - 1})" if n > step else str(e)) from None
         return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

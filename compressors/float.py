@@ -22,9 +22,8 @@ class Float32(Codec):
         return 4 * dim
 
     def encode(self, X: np.ndarray) -> np.ndarray:
-        # a view of X: Pipeline.encode copies it (once) into the codes it returns
         X = np.ascontiguousarray(X, dtype=np.float32)
-        return X.view(np.uint8).reshape(X.shape[0], -1)
+        return X.view(np.uint8).reshape(X.shape[0], -1).copy()
 
     def encode_into(self, X: np.ndarray, out: np.ndarray) -> None:
         out.view(np.float32)[...] = X

@@ -47,6 +47,9 @@ class CellTask:
 
 
 # ---------------------------------------------------------------------------- worker context
+_THREADS = 0      # what limit_threads last set in this process
+
+
 def limit_threads(n: int) -> None:
     """Pin BLAS/OpenMP and FAISS to n threads so parallel workers do not oversubscribe the CPU."""
     global _THREADS
@@ -57,9 +60,6 @@ def limit_threads(n: int) -> None:
     threadpool_limits(n)
     faiss.omp_set_num_threads(n)
     _THREADS = n
-
-
-_THREADS = 0      # what limit_threads last set in this process
 
 
 @dataclass
@@ -106,21 +106,29 @@ def _code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def calibration_digest(calib: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
+_DIGESTS: dict[tuple, str] = {}
 
 
-def fit_cache_path(pipe: Pipeline, calib: np.ndarray, digest: str | None = None) -> Path:
-    h = hashlib.sha256((digest or calibration_digest(calib)).encode())
+def calibration_digest(calib: np.ndarray, key: tuple | None = None) -> str:
+    """sha256 of the calibration vectors; with a ``key`` that identifies them (see
+    ``_calibration_key``), hashed once per process for all the cells that share them."""
+    if key is None:
+        return hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
+    if key not in _DIGESTS:
+        _DIGESTS[key] = calibration_digest(calib)
+    return _DIGESTS[key]
+
+
+def fit_cache_path(pipe: Pipeline, calib: np.ndarray, calib_key: tuple | None = None) -> Path:
+    h = hashlib.sha256(calibration_digest(calib, calib_key).encode())
     h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version()}".encode())
     return settings.cache_dir() / "fitted" / f"{h.hexdigest()[:24]}.pkl"
 
 
 def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True,
-                 digest: str | None = None) -> tuple[Pipeline, float, bool]:
-    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache).
-    ``digest``: the calibration vectors' sha256 when the caller already has it."""
-    path = (fit_cache_path(pipe, calib, digest) if use_cache and any(s.needs_fit for s in pipe.stages)
+                 calib_key: tuple | None = None) -> tuple[Pipeline, float, bool]:
+    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache)."""
+    path = (fit_cache_path(pipe, calib, calib_key) if use_cache and any(s.needs_fit for s in pipe.stages)
             else None)
     if path is not None and path.is_file():
         try:
@@ -157,18 +165,12 @@ def _calibration(task: CellTask, ctx: Context, stored: np.ndarray) -> np.ndarray
     raise SpecError(f"unknown calibration {kind!r} (corpus, sample:N, dataset:NAME or file:PATH)")
 
 
-_DIGESTS: dict[tuple, str] = {}
-
-
-def _calibration_digest(task: CellTask, calib: np.ndarray) -> str:
-    """sha256 of the calibration vectors, hashed once per process for all the cells that share
-    them (the files' sizes and modification times are part of the key)."""
+def _calibration_key(task: CellTask, calib: np.ndarray) -> tuple:
+    """What a cell's calibration vectors are made from: the same key, the same vectors (the
+    files' sizes and modification times are part of it)."""
     files = [path for _, path in task.vectors] + ([task.calibration_path] if task.calibration_path else [])
-    key = (task.dataset, task.max_docs, task.max_queries, task.calibration, calib.shape,
-           tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files))
-    if key not in _DIGESTS:
-        _DIGESTS[key] = calibration_digest(calib)
-    return _DIGESTS[key]
+    return (task.dataset, task.max_docs, task.max_queries, task.calibration, calib.shape,
+            tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files))
 
 
 def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -193,10 +195,9 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row["family"] = pipe.family
         pipe.check_dim(dim)
         calib = np.ascontiguousarray(_calibration(task, ctx, stored), dtype=np.float32)
-        digest = (_calibration_digest(task, calib) if task.fit_cache and any(s.needs_fit for s in pipe.stages)
-                  else None)
         t0 = time.perf_counter()
-        pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, task.fit_cache, digest)
+        pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, task.fit_cache,
+                                                             _calibration_key(task, calib))
         row["fit_wall_s"] = time.perf_counter() - t0   # the fit, or loading it from the cache
     except SpecError as exc:
         row.update(status="infeasible", error=str(exc))

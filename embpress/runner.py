@@ -57,9 +57,12 @@ def plan(config: RunConfig) -> Plan:
                     pipe.check_dim(entry.dim)
                 except SpecError as exc:
                     raise SpecError(f"{spec} on {entry.name} ({entry.dim}-d): {exc}") from None
+    _check_calibration(config.calibration)
     for family in config.families:
         template, _ = family_parts(family, config.budgets)
         check_template(template, config.axes)
+        if family_calibration(family) is not None:
+            _check_calibration(family_calibration(family))
         try:
             for entry in entries:
                 if entry.dim is not None:
@@ -68,10 +71,6 @@ def plan(config: RunConfig) -> Plan:
             raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
     if config.k < 1:
         raise EmbpressError(f"k must be at least 1, got {config.k}")
-    _check_calibration(config.calibration)
-    for family in config.families:
-        if family_calibration(family) is not None:
-            _check_calibration(family_calibration(family))
     return Plan(config, entries)
 
 
@@ -91,11 +90,12 @@ def _check_calibration(cal: str) -> None:
 
 def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progress: bool) -> str | None:
     """Separate calibration vectors: other datasets' corpora (embedded with the same model, joined
-    once into the run folder) or a user's .npy file."""
+    once into the run folder) or a user's .npy file. ``info`` is None for bring-your-own vectors,
+    which have no model to embed other datasets with."""
     import numpy as np
     if cal.startswith("file:"):
         return str(Path(cal[5:]).resolve())
-    if not cal.startswith("dataset:"):
+    if not cal.startswith("dataset:") or info is None:
         return None
     parts = []
     for name in cal[8:].split("+"):
@@ -162,9 +162,8 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
 
         def cal_path(cal: str) -> str | None:
             if cal not in cal_paths:
-                cal_paths[cal] = (_calibration_path(cal, info, writer, config.batch_size, progress)
-                                  if entry is not None else
-                                  (str(Path(cal[5:]).resolve()) if cal.startswith("file:") else None))
+                cal_paths[cal] = _calibration_path(cal, info if entry is not None else None, writer,
+                                                   config.batch_size, progress)
             return cal_paths[cal]
 
         dim = next(iter(vectors.values())).shape[1]
