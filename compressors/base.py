@@ -90,9 +90,18 @@ class Stage:
     def fit(self, X: np.ndarray) -> "Stage":
         return self
 
+    #: True when the fitted state depends on the calibration vectors' values (PCA's basis, SQ's
+    #: ranges, codebooks, a centre): such a stage can memorise what it was fitted on, so the grid
+    #: cross-fits it (no vector is scored by a model that saw it). A stage that only draws from a
+    #: seed and reads the input width (RP, ROT, LSH, HASH, MRL, F16...) says False and is fitted
+    #: once ("oblivious"). True by default: a new stage that forgets to say is cross-fitted, which
+    #: is never wrong, only slower. A stage whose answer depends on its parameters overrides it
+    #: with a property (BIN: a median threshold or a trained rescoring copy learn).
+    learns_from_data: ClassVar[bool] = True
+
     @property
     def needs_fit(self) -> bool:
-        """True for stages that learn from calibration data."""
+        """True for stages whose ``fit`` records anything (learned or drawn state, the width)."""
         return type(self).fit is not Stage.fit
 
     @property
@@ -488,6 +497,11 @@ class Pipeline:
         if dim is None:
             raise SpecError("bytes_per_vector needs the input dimension (fit first or pass dim)")
         return self.codec.code_size(self.output_dim(dim))
+
+    @property
+    def learns_from_data(self) -> bool:
+        """True when any stage learns from the calibration vectors (see ``Stage.learns_from_data``)."""
+        return any(s.needs_fit and s.learns_from_data for s in self.stages)
 
     @property
     def overhead_bytes(self) -> int:

@@ -65,6 +65,11 @@ class Binary(Codec):
                             "(the copy is stored only for rescoring)")
 
     @property
+    def learns_from_data(self) -> bool:  # type: ignore[override]
+        """Sign bits learn nothing; a median threshold or a trained rescoring copy (SQ8) do."""
+        return self.threshold == "median" or (self.rescore > 0 and self._copy_codec().learns_from_data)
+
+    @property
     def stores_rescoring_copy(self) -> bool:
         return self.rescore > 0
 

@@ -12,6 +12,7 @@ class Float32(Codec):
     """Store float32 as is: 4 bytes per dimension; the reference every row is compared with."""
 
     spec_format = "F32"
+    learns_from_data = False
     family = "float32"
     summary = "float32 baseline, 4 bytes per dimension"
 
@@ -40,6 +41,7 @@ class Float16(Codec):
     """IEEE half precision: 2 bytes per dimension, no training."""
 
     spec_format = "F16"
+    learns_from_data = False
     family = "float16"
     summary = "IEEE float16, 2 bytes per dimension"
 
@@ -70,6 +72,7 @@ class BFloat16(Codec):
     """
 
     spec_format = "BF16"
+    learns_from_data = False
     family = "bfloat16"
     summary = "bfloat16 (upper half of float32, round to nearest even), 2 bytes per dimension"
 

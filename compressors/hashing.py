@@ -33,6 +33,7 @@ from .registry import register
 @register
 class FeatureHashing(Transform):
     spec_format = "HASH{dim}"
+    learns_from_data = False
     family = "hashing"
     summary = "signed feature hashing of dimensions into d buckets (:k=2 multi-hashing)"
 

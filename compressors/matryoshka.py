@@ -22,6 +22,7 @@ from .registry import register
 @register
 class Matryoshka(Transform):
     spec_format = "MRL{dim}"
+    learns_from_data = False
     family = "matryoshka"
     summary = "keep the first d dimensions and renormalise (for Matryoshka-trained models)"
 

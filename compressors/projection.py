@@ -28,6 +28,7 @@ from .registry import register
 
 
 class _RandomProjection(Transform):
+    learns_from_data = False    # R is drawn from the seed and the input width only
     family = "projection"
     _sklearn: type = GaussianRandomProjection
 

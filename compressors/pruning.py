@@ -34,6 +34,7 @@ _SCALE_BYTES = 4  # the per-vector float32 scale of values=int8
 @register
 class TopKPruning(Codec):
     spec_format = "TOPK{k}"
+    learns_from_data = False
     family = "pruning"
     summary = "keep the k largest-magnitude dimensions per vector, as indices + values (f16, f32 or int8)"
 

@@ -22,6 +22,7 @@ from .registry import register
 @register
 class RandomRotation(Transform):
     spec_format = "ROT"
+    learns_from_data = False
     family = "rotation"
     summary = "random orthogonal rotation (QR of a seeded Gaussian matrix), inner products preserved"
 
