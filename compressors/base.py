@@ -160,12 +160,29 @@ class Transform(Stage):
         """
         return self.transform(Q)
 
+    def query_offset(self, Q: np.ndarray) -> np.ndarray:
+        """The per-query constant that ``transform_query`` leaves out of the inner product (PCA:
+        q·mean): zero for a transform that drops none. Ranking within one fit never needs it;
+        scores of two fits (cross-fitted folds) are only comparable with it added back."""
+        return np.zeros(len(Q), dtype=np.float32)
+
     def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
 class Codec(Stage):
     kind = "codec"
+
+    #: True when ``search`` scores estimate the inner product of the (transformed) query with the
+    #: decoded vector. False for similarities of their own (Hamming's 1 - 2h/n, sign agreement),
+    #: which are already on one scale for every fit and take no per-query offset.
+    scores_inner_product: ClassVar[bool] = True
+
+    @property
+    def score_scale(self) -> float:
+        """Factor that turns ``search`` scores into inner-product units (1 for float scores; an
+        integer score such as ``SQ8:score=raw`` is in units of its fitted step squared)."""
+        return 1.0
 
     @property
     def stores_rescoring_copy(self) -> bool:
@@ -478,6 +495,23 @@ class Pipeline:
 
     def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.codec.search(codes, self.transform_query(Q), k)
+
+    def query_offset(self, Q: np.ndarray) -> np.ndarray:
+        """Sum of the per-query constants the transforms leave out of the search scores."""
+        Q = as_float32_matrix(Q, "queries")
+        total = np.zeros(len(Q), dtype=np.float64)
+        for t in self.transforms:
+            total += t.query_offset(Q)
+            Q = t.transform_query(Q)
+        return total
+
+    def comparable_scores(self, Q: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """``search`` scores on a scale shared by every fit of this spec: inner-product estimates
+        get the transforms' dropped per-query constants back and the codec's unit; similarities of
+        their own (Hamming) are returned as they are. What merges cross-fitted folds."""
+        if not self.codec.scores_inner_product:
+            return np.asarray(scores, dtype=np.float64)
+        return np.asarray(scores, dtype=np.float64) * self.codec.score_scale + self.query_offset(Q)[:, None]
 
     def pair_similarity(self, codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
         """Cosine similarity of row i of A with row i of B (STS).

@@ -70,6 +70,12 @@ class Binary(Codec):
         return self.threshold == "median" or (self.rescore > 0 and self._copy_codec().learns_from_data)
 
     @property
+    def scores_inner_product(self) -> bool:  # type: ignore[override]
+        """Rescored results carry the copy's inner product; Hamming and asymmetric sign scores
+        are similarities of their own."""
+        return self.rescore > 0
+
+    @property
     def stores_rescoring_copy(self) -> bool:
         return self.rescore > 0
 

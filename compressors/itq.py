@@ -26,6 +26,7 @@ from .registry import register
 @register
 class ITQ(FaissCodec):
     spec_format = "ITQ{nbits}"
+    scores_inner_product = False    # 1 - 2·hamming/nbits
     family = "itq"
     summary = "ITQ learned binary hashing: PCA to nbits + learned rotation, sign bits, Hamming search"
 

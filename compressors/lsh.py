@@ -26,6 +26,7 @@ from .registry import register
 @register
 class RandomProjectionLSH(FaissCodec):
     spec_format = "LSH{nbits}"
+    scores_inner_product = False    # 1 - 2·hamming/nbits
     learns_from_data = False
     family = "lsh"
     summary = "sign random projections to nbits (untrained binary hashing), Hamming search"

@@ -77,6 +77,9 @@ class PCA(Transform):
         Z = Q @ self.components_.T
         return Z * self.scale_ if self.whiten else Z
 
+    def query_offset(self, Q: np.ndarray) -> np.ndarray:
+        return np.asarray(Q, dtype=np.float32) @ self.mean_
+
     def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
         if self.whiten:
             Z = Z * self.scale_

@@ -110,6 +110,12 @@ class ScalarQuantizer(Codec):
         q += self.start_
         return q
 
+    @property
+    def score_scale(self) -> float:
+        # raw int8 products count steps: q·x ~ sum step_d^2 q_d x_d over centred values, so one
+        # step^2 (the mean over dimensions) puts two fits' raw scores on one scale
+        return float(np.mean(np.square(self.step_, dtype=np.float64))) if self.score == "raw" else 1.0
+
     def pair_vectors(self, codes: np.ndarray) -> np.ndarray:
         """What STS compares: the dequantised vectors, or for ``score=raw`` the int8 codes themselves."""
         if self.score == "raw":

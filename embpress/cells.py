@@ -24,6 +24,8 @@ from compressors.base import cosine_rows, knn_inner_product
 
 from . import settings
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
+from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
+                       overhead_flag, parse_calibration, training_rows)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class CellTask:
     k: int = 100
     max_queries: int | None = None
     max_docs: int | None = None
-    calibration: str = "corpus"
+    calibration: str = DEFAULT_CALIBRATION
     calibration_path: str | None = None
     budget: int | None = None
     template: str | None = None
@@ -119,16 +121,18 @@ def calibration_digest(calib: np.ndarray, key: tuple | None = None) -> str:
     return _DIGESTS[key]
 
 
-def fit_cache_path(pipe: Pipeline, calib: np.ndarray, calib_key: tuple | None = None) -> Path:
+def fit_cache_path(pipe: Pipeline, calib: np.ndarray, calib_key: tuple | None = None,
+                   meta: dict | None = None) -> Path:
     h = hashlib.sha256(calibration_digest(calib, calib_key).encode())
-    h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version()}".encode())
+    h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version()}|{json.dumps(meta or {}, sort_keys=True)}".encode())
     return settings.cache_dir() / "fitted" / f"{h.hexdigest()[:24]}.pkl"
 
 
 def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True,
-                 calib_key: tuple | None = None) -> tuple[Pipeline, float, bool]:
-    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache)."""
-    path = (fit_cache_path(pipe, calib, calib_key) if use_cache and any(s.needs_fit for s in pipe.stages)
+                 calib_key: tuple | None = None, meta: dict | None = None) -> tuple[Pipeline, float, bool]:
+    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache).
+    ``meta`` (the cross-fitting fold, number of folds and hash seed) is part of the cache key."""
+    path = (fit_cache_path(pipe, calib, calib_key, meta) if use_cache and any(s.needs_fit for s in pipe.stages)
             else None)
     if path is not None and path.is_file():
         try:
@@ -150,31 +154,122 @@ def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True,
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _calibration(task: CellTask, ctx: Context, stored: np.ndarray) -> np.ndarray:
-    kind = task.calibration
-    if kind in ("corpus", "pairs"):
-        return stored
-    if kind.startswith("sample:"):
-        n = int(kind.split(":", 1)[1])
-        if n >= len(stored):
-            return stored
-        pick = np.sort(np.random.default_rng(0).choice(len(stored), n, replace=False))
-        return np.asarray(stored[pick])
-    if task.calibration_path:
-        return np.load(task.calibration_path, mmap_mode="r")
-    raise SpecError(f"unknown calibration {kind!r} (corpus, sample:N, dataset:NAME or file:PATH)")
+def _stored(ctx: Context) -> tuple[np.ndarray, list[str]]:
+    """The vectors a cell stores and the ids that assign them to folds: the corpus and its ids
+    (retrieval, neighbours), or both sentences of every pair with the pair's index twice (STS, so
+    a pair never straddles two folds)."""
+    if ctx.task in ("retrieval", "neighbours"):
+        return ctx.vectors["corpus"], ctx.corpus_ids
+    s1, s2 = ctx.vectors["sentences1"], ctx.vectors["sentences2"]
+    pairs = [f"pair:{i}" for i in range(len(s1))]
+    return np.concatenate([s1, s2]), pairs + pairs
 
 
-def _calibration_key(task: CellTask, calib: np.ndarray) -> tuple:
+def _external_calibration(task: CellTask) -> np.ndarray:
+    if not task.calibration_path:
+        raise SpecError(f"calibration {task.calibration!r} has no vectors (dataset:NAME or file:PATH.npy)")
+    return np.load(task.calibration_path, mmap_mode="r")
+
+
+def _calibration_key(task: CellTask, calib: np.ndarray, fold: dict | None = None) -> tuple:
     """What a cell's calibration vectors are made from: the same key, the same vectors (the
-    files' sizes and modification times are part of it)."""
+    files' sizes and modification times are part of it, and for a cross-fitted cell the fold,
+    the number of folds and the hash seed)."""
     files = [path for _, path in task.vectors] + ([task.calibration_path] if task.calibration_path else [])
     return (task.dataset, task.max_docs, task.max_queries, task.calibration, calib.shape,
+            tuple(sorted((fold or {}).items())),
             tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files))
 
 
+@dataclass
+class Fits:
+    """The pipelines of one cell: one per fold (cross-fitted), else one for every vector."""
+    protocol: str
+    pipes: list[Pipeline]
+    fold_ids: np.ndarray | None = None      # fold of each stored row (cross-fitted only)
+    fit_s: list[float] = field(default_factory=list)
+    cached: list[bool] = field(default_factory=list)
+    n_train: list[int] = field(default_factory=list)
+
+
+def fit_cell(task: CellTask, pipe: Pipeline, stored: np.ndarray, ids: list[str]) -> Fits:
+    """Fit the cell's pipeline(s) under its calibration protocol (see ``embpress.protocol``).
+
+    SpecError when a fold is too small for the codec (the cell is then infeasible with the reason,
+    never fitted in-sample instead)."""
+    proto = parse_calibration(task.calibration)
+    if not pipe.learns_from_data:
+        proto = Protocol("oblivious")
+    if proto.kind == "crossfit":
+        fold_ids = fold_of(ids, proto.folds, proto.seed)
+        fits = Fits(proto.label, [], fold_ids)
+        for f in range(proto.folds):
+            rows = training_rows(fold_ids, f, proto.sample, proto.seed)
+            calib = np.ascontiguousarray(stored[rows], dtype=np.float32)
+            meta = {"protocol": proto.label, "fold": f, "folds": proto.folds, "fold_seed": proto.seed,
+                    "sample": proto.sample}
+            try:
+                fitted, fit_s, cached = fit_pipeline(pipe.clone(), calib, task.fit_cache,
+                                                     _calibration_key(task, calib, meta), meta)
+            except SpecError as exc:
+                raise SpecError(f"fold {f + 1} of {proto.folds} trains on {len(calib):,} vectors: {exc}") from None
+            fits.pipes.append(fitted)
+            fits.fit_s.append(fit_s)
+            fits.cached.append(cached)
+            fits.n_train.append(len(calib))
+        return fits
+    calib = stored if proto.kind in ("in-sample", "oblivious") else _external_calibration(task)
+    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    fitted, fit_s, cached = fit_pipeline(pipe, calib, task.fit_cache, _calibration_key(task, calib))
+    return Fits(proto.label, [fitted], None, [fit_s], [cached], [len(calib)])
+
+
+def _search_crossfit(fits: Fits, stored: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
+    """Top-k ids over the whole corpus: each fold's codes searched with its own pipeline, the
+    lists merged by scores put on one scale."""
+    parts = []
+    for f, pipe in enumerate(fits.pipes):
+        rows = np.flatnonzero(fits.fold_ids == f)
+        if not len(rows):
+            continue
+        scores, local = pipe.search(pipe.encode(stored[rows]), Q, k)
+        parts.append((pipe.comparable_scores(Q, scores), np.where(local >= 0, rows[np.maximum(local, 0)], -1)))
+    return merge_topk(parts, k)[1]
+
+
+def _similarity_crossfit(fits: Fits, stored: np.ndarray, n: int) -> np.ndarray:
+    """STS similarity of every pair, scored by the pipeline of the pair's fold."""
+    sim = np.empty(n, dtype=np.float64)
+    pair_fold = fits.fold_ids[:n]
+    for f, pipe in enumerate(fits.pipes):
+        rows = np.flatnonzero(pair_fold == f)
+        if len(rows):
+            sim[rows] = pipe.pair_similarity(pipe.encode(stored[rows]), pipe.encode(stored[n + rows]))
+    return sim
+
+
+def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> None:
+    """Bytes, training and protocol columns, from the first pipeline (every fold stores the same)."""
+    pipe = fits.pipes[0]
+    bpv, overhead = pipe.bytes_per_vector(dim), int(pipe.overhead_bytes)
+    warnings = list(dict.fromkeys(w for p in fits.pipes for w in p.fit_warnings))
+    row.update(out_dim=pipe.output_dim(dim), bytes_per_vector=bpv, overhead_bytes=overhead,
+               n_train=pipe.n_train or fits.n_train[0], warnings="; ".join(warnings) or None, **pipe.info())
+    row["compression_ratio"] = 4 * dim / bpv
+    row.update(protocol=fits.protocol, folds=len(fits.pipes) if fits.fold_ids is not None else None,
+               fold_seed=FOLD_SEED if fits.fold_ids is not None else None,
+               fit_s=float(np.mean(fits.fit_s)), fit_cached=all(fits.cached),
+               amortised_bytes_corpus=amortised_bytes(bpv, overhead, n_vectors),
+               amortised_bytes_1m=amortised_bytes(bpv, overhead, DEPLOYMENT_VECTORS),
+               overhead_flag=overhead_flag(bpv, overhead, n_vectors))
+
+
 def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run one cell; returns (result row, per-query arrays)."""
+    """Run one cell; returns (result row, per-query arrays).
+
+    Quality comes from the cell's protocol (cross-fitted folds merged, or one fit). Encode and
+    search times are measured on one pipeline over the full corpus, so a cross-fitted cell's
+    timings compare with every other cell's."""
     limit_threads(task.threads)
     ctx = context_for(task)
     row: dict[str, Any] = {"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
@@ -182,30 +277,22 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                            "budget": task.budget, "template": task.template}
     per_query: dict[str, np.ndarray] = {}
     retrieval = ctx.task in ("retrieval", "neighbours")
-    if retrieval:
-        stored = ctx.vectors["corpus"]
-        row["calibration"] = task.calibration
-    else:
-        stored = np.concatenate([ctx.vectors["sentences1"], ctx.vectors["sentences2"]])
-        row["calibration"] = "pairs" if task.calibration == "corpus" else task.calibration
+    stored, ids = _stored(ctx)
+    row["calibration"] = "pairs" if not retrieval and task.calibration == "corpus" else task.calibration
     dim = stored.shape[1]
     row["dim"] = dim
     try:
         pipe = parse_spec(task.compressor)
         row["family"] = pipe.family
         pipe.check_dim(dim)
-        calib = np.ascontiguousarray(_calibration(task, ctx, stored), dtype=np.float32)
         t0 = time.perf_counter()
-        pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, task.fit_cache,
-                                                             _calibration_key(task, calib))
-        row["fit_wall_s"] = time.perf_counter() - t0   # the fit, or loading it from the cache
+        fits = fit_cell(task, pipe, stored, ids)
+        row["fit_wall_s"] = time.perf_counter() - t0   # the fits, or loading them from the cache
     except SpecError as exc:
         row.update(status="infeasible", error=str(exc))
         return row, per_query
-    row.update(out_dim=pipe.output_dim(dim), bytes_per_vector=pipe.bytes_per_vector(dim),
-               overhead_bytes=int(pipe.overhead_bytes), n_train=pipe.n_train or len(calib),
-               warnings="; ".join(pipe.fit_warnings) or None, **pipe.info())
-    row["compression_ratio"] = 4 * dim / row["bytes_per_vector"]
+    _accounting(row, fits, dim, len(stored))
+    pipe = fits.pipes[0]
     t0 = time.perf_counter()
     codes = pipe.encode(stored)
     row["encode_s"] = time.perf_counter() - t0
@@ -217,29 +304,20 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if retrieval:
         Q = ctx.vectors["queries"]
         t0 = time.perf_counter()
-        _, ids = pipe.search(codes, Q, task.k)
+        _, ids_found = pipe.search(codes, Q, task.k)
         row["search_s"] = time.perf_counter() - t0
         row["search_qps"] = len(Q) / max(row["search_s"], 1e-9)
         row["n_queries"] = len(Q)
-        per_query["top10"] = ids[:, :10].astype(np.int32)
-        t0 = time.perf_counter()
-        recalls = {}
-        for kk in (10, 100):
-            kk_eff = min(kk, ctx.exact_ids.shape[1])
-            recalls[f"knn_recall_at_{kk}"] = 100 * knn_recall(ids, ctx.exact_ids, kk_eff)
-        per_query.update(recalls)
-        row.update({m: float(v.mean()) for m, v in recalls.items()})
-        if ctx.qrels is not None:
-            ranked = [[ctx.corpus_ids[j] for j in r if j >= 0] for r in ids]
-            scores = retrieval_scores(ranked, ctx.query_ids, ctx.qrels)
-            per_query.update(scores)
-            row.update({m: float(v.mean()) for m, v in scores.items()})
-        row["metrics_s"] = time.perf_counter() - t0
+        if fits.fold_ids is not None:
+            ids_found = _search_crossfit(fits, stored, Q, task.k)
+        per_query.update(_score_retrieval(row, ctx, ids_found))
     else:
         n = len(ctx.scores)
         t0 = time.perf_counter()
         sim = pipe.pair_similarity(codes[:n], codes[n:])
         row["score_s"] = time.perf_counter() - t0
+        if fits.fold_ids is not None:
+            sim = _similarity_crossfit(fits, stored, n)
         per_query["similarity"] = np.asarray(sim, dtype=np.float64)
         t0 = time.perf_counter()
         row["spearman"] = sts_spearman(sim, ctx.scores)
@@ -249,6 +327,21 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
     row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
     return row, per_query
+
+
+def _score_retrieval(row: dict[str, Any], ctx: Context, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """kNN recall against the exact float32 top-k and, with judgements, nDCG/recall/MRR."""
+    t0 = time.perf_counter()
+    per_query: dict[str, np.ndarray] = {"top10": ids[:, :10].astype(np.int32)}
+    for kk in (10, 100):
+        kk_eff = min(kk, ctx.exact_ids.shape[1])
+        per_query[f"knn_recall_at_{kk}"] = 100 * knn_recall(ids, ctx.exact_ids, kk_eff)
+    if ctx.qrels is not None:
+        ranked = [[ctx.corpus_ids[j] for j in r if j >= 0] for r in ids]
+        per_query.update(retrieval_scores(ranked, ctx.query_ids, ctx.qrels))
+    row.update({m: float(v.mean()) for m, v in per_query.items() if m != "top10"})
+    row["metrics_s"] = time.perf_counter() - t0
+    return per_query
 
 
 def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

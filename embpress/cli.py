@@ -45,7 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries/pairs")
     r.add_argument("--max-docs", type=int, default=None, help="keep at most N documents (judged ones first)")
     r.add_argument("--calibration", default=None,
-                   help="what compressors are fitted on: corpus (default), sample:N, or dataset:NAME")
+                   help="what compressors that learn from data are fitted on: crossfit:K (default crossfit:2: "
+                        "each fold encoded by a fit on the other folds), sample:N (N vectors of the other "
+                        "folds), corpus (in-sample), dataset:NAME or file:PATH.npy")
     r.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>, must not exist)")
     r.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue a killed run folder: finished cells are kept, the rest are run")

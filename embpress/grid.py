@@ -17,8 +17,9 @@ left free, it is solved for each budget: the value whose pipeline stores exactly
 per vector on the model's dimension (``PQ{m}x8`` at 32 B → ``PQ32x8``; ``PCA{d},BIN`` at 16 B →
 ``PCA128,BIN``). A budget no value can meet is an *infeasible* cell, kept in the results with the
 reason, never silently dropped. Optional keys: ``k``, ``max_queries``, ``max_docs``, ``batch_size``,
-``calibration`` (what compressors are fitted on: ``corpus``, ``sample:N``, ``dataset:NAME`` or
-``file:PATH.npy``; a family table may set its own, e.g. a sample for slow trainers).
+``calibration`` (what compressors that learn from data are fitted on: ``crossfit:K`` by default,
+``sample:N``, ``corpus`` (in-sample), ``dataset:NAME`` or ``file:PATH.npy``: see ``embpress.protocol``;
+a family table may set its own, e.g. in-sample companions of trained families).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from compressors import SpecError, get_stage_class, parse_spec
 
 from . import settings
 from .errors import EmbpressError
+from .protocol import DEFAULT_CALIBRATION
 
 
 @dataclass
@@ -49,7 +51,7 @@ class RunConfig:
     max_queries: int | None = None
     max_docs: int | None = None
     batch_size: int = 32
-    calibration: str = "corpus"
+    calibration: str = DEFAULT_CALIBRATION
     grid: str | None = None
     description: str = ""
 

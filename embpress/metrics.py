@@ -36,6 +36,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("retained_pct", True, "%", "main quality metric as % of the float32 baseline"),
     Metric("bytes_per_vector", False, "B", "bytes stored per vector (codes + per-vector extras)"),
     Metric("overhead_bytes", False, "B", "fixed bytes (codebooks, ranges, matrices)"),
+    Metric("amortised_bytes_corpus", False, "B", "bytes per vector with one pipeline's fixed bytes spread over "
+           "the evaluated corpus"),
+    Metric("amortised_bytes_1m", False, "B", "bytes per vector with one pipeline's fixed bytes spread over "
+           "1 M vectors (a deployment)"),
     Metric("compression_ratio", True, "x", "float32 bytes per vector / bytes per vector"),
     Metric("fit_s", False, "s", "seconds to fit on the calibration vectors"),
     Metric("encode_vps", True, "vec/s", "vectors encoded per second"),

@@ -121,6 +121,35 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
     return _per_panel(data, draw, "Quality kept at each storage budget (higher and further left is better)")
 
 
+def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
+    """Per dataset, each trained family that has in-sample cells: in-sample (dashed) against
+    cross-fitted (solid) retained % per bytes per vector; None without such pairs."""
+    if "protocol" not in ok:
+        return None
+    data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
+    insample = data[data.protocol == "in-sample"]
+    lines = set(zip(insample.panel, insample.line))
+    data = data[[(p, l) in lines for p, l in zip(data.panel, data.line)]
+                & (data.protocol.isin(["in-sample"]) | data.protocol.astype(str).str.startswith("crossfit"))]
+    if insample.empty or not (data.protocol != "in-sample").any():
+        return None
+
+    def draw(ax, panel, g):
+        metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
+        ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+        for (line, proto), pts in g.groupby(["line", g.protocol == "in-sample"], sort=True):
+            pts = pts.sort_values("bytes_per_vector")
+            ax.plot(pts.bytes_per_vector, pts.retained_pct, marker="o" if not proto else "x", markersize=4,
+                    linewidth=1.3, linestyle="--" if proto else "-", color=colour[str(line)],
+                    label=f"{line}" + (" (in-sample)" if proto else " (cross-fitted)"))
+        _logx(ax)
+        ax.set_xlabel("bytes per vector (log scale)")
+        ax.set_ylabel(f"% of float32 {metric}")
+        ax.set_title(f"{panel}: in-sample vs cross-fitted")
+    return _per_panel(data, draw, "Trained compressors scored on the vectors they were fitted on (dashed) "
+                                  "and cross-fitted (solid)")
+
+
 def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
     """Neighbour recall@10 (overlap with the exact float32 top 10) against bytes per vector."""
     data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "bytes_per_vector"])

@@ -37,6 +37,7 @@ import pandas as pd
 
 from . import settings
 from .errors import EmbpressError
+from .protocol import describe as protocol_text, out_of_sample
 from .metrics import MAIN_METRIC, METRICS
 from .results import COLUMNS, load_run
 from .stats import baseline_path, load_npz, pareto_mask, retained_ci
@@ -88,7 +89,7 @@ def prepare(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> pd.DataFra
     df.loc[has, "vs_f32"] = np.where(df.loc[has, "ci_high"] < 100, "lower",
                                      np.where(df.loc[has, "ci_low"] > 100, "higher", "≈"))
     df["pareto"] = False
-    ok = df[df.status == "ok"]
+    ok = df[(df.status == "ok") & out_of_sample(df)]     # in-sample cells are never on a frontier
     for _, g in ok.groupby("panel", sort=False):
         df.loc[g.index, "pareto"] = pareto_mask(g, ("bytes_per_vector", "retained_pct"))
     return df
@@ -117,9 +118,9 @@ def best_per_budget(df: pd.DataFrame, budgets: list[int]) -> pd.DataFrame:
                 continue
             best = cand.sort_values(["retained_pct", "bytes_per_vector", "compressor"],
                                     ascending=[False, True, True]).iloc[0]
-            rows.append({"budget": b, "panel": panel, **{k: best[k] for k in (
+            rows.append({"budget": b, "panel": panel, **{k: best.get(k) for k in (
                 "compressor", "bytes_per_vector", "retained_pct", "ci_low", "ci_high", "vs_f32", "main_metric",
-                "dim", "dataset", "model")}})
+                "dim", "dataset", "model", "protocol", "n_train", "overhead_flag")}})
     return pd.DataFrame(rows)
 
 
@@ -161,8 +162,12 @@ def verdicts(best: pd.DataFrame) -> list[tuple[int, str]]:
             used = f" (uses {int(r.bytes_per_vector)} B)" if r.bytes_per_vector < b else ""
             ratio = f" ({_ratio(r.dim, b)} smaller)" if len(dims) > 1 else ""
             same = ", not significantly different from float32" if r.vs_f32 == "≈" else ""
+            fitted = (f", {r.protocol} on {int(r.n_train):,} training vectors"
+                      if str(r.get("protocol") or "").startswith(("crossfit", "external")) and pd.notna(r.get("n_train"))
+                      else "")
+            small = f" ({r.overhead_flag})" if isinstance(r.get("overhead_flag"), str) else ""
             parts.append(f"{r.compressor}{used}{ratio} keeps {r.retained_pct:.1f} % of {_label(r.main_metric)} "
-                         f"on {r.panel}{same}")
+                         f"on {r.panel}{same}{fitted}{small}")
         lines.append((int(b), head + ", " + "; ".join(parts) + "."))
     return lines
 
@@ -540,14 +545,16 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
     df = prepare(df, run_dir, n_boot)
-    ok = df[df.status == "ok"]
+    everything_ok = df[df.status == "ok"]
+    ok = everything_ok[out_of_sample(everything_ok)]     # what the answers come from
     colour = plots.colours(list(df["line"]) + list(df["family"].dropna().astype(str)))
     page = Page(out)
 
     # -- recommendations
     page.section("recommendations", "Recommendations")
+    page.add(f'<p class="protocol">{e(protocol_text(df))}</p>')
     budgets = budgets_of(df, meta)
-    best = best_per_budget(df, budgets) if budgets else pd.DataFrame()
+    best = best_per_budget(df[out_of_sample(df)], budgets) if budgets else pd.DataFrame()
     if ok.empty:
         page.note("No cell of this run finished: nothing to recommend.")
     elif best.empty:
@@ -555,7 +562,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     else:
         page.add('<p class="muted">For each budget: the compressor storing at most that many bytes per vector that '
                  'keeps the most of the main quality metric (as % of float32 on the same dataset and model; '
-                 'nDCG@10 for retrieval, Spearman for STS, neighbour recall@10 for vectors without judgments).</p>')
+                 'nDCG@10 for retrieval, Spearman for STS, neighbour recall@10 for vectors without judgments), '
+                 'among out-of-sample cells only (oblivious, cross-fitted or external).</p>')
         page.add('<ul class="verdicts">' + "".join(f'<li data-budget="{b}">{e(v)}</li>' for b, v in verdicts(best))
                  + "</ul>")
         panels = list(dict.fromkeys(df["panel"]))
@@ -583,7 +591,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
         items = "".join(f'<li data-compressor="{e(str(r.compressor))}">{e(str(r.compressor))}: '
                         f'{_num(r.bytes_per_vector, 0)} B, {r.retained_pct:.1f} %</li>' for _, r in front.iterrows())
         page.add(f'<p><b>{e(panel)}</b></p><ul class="pareto" data-panel="{e(panel)}">{items}</ul>')
-    overall = overall_frontier(df)
+    overall = overall_frontier(df[out_of_sample(df)])
     for model, g in overall.groupby("model", sort=False):
         front = g[g.pareto].sort_values("bytes_per_vector")
         n_ds = df.loc[df.model == model, "dataset"].nunique()
@@ -614,6 +622,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     skipped = {"knn_recall_vs_bytes": "no retrieval or neighbour cells", "qps_vs_recall": "no retrieval or neighbour cells",
                "sts_vs_bytes": "no STS cells", "rescoring": "no compressor with rescore= in its spec",
                "quality_vs_bytes": "no finished cells", "speed_by_family": "no finished cells"}
+    insample = plots.in_sample_vs_crossfit(everything_ok, colour)
+    if insample is not None:
+        page.figure("in_sample_vs_crossfit", insample, "What in-sample fitting hides: the same trained compressors "
+                    "fitted on the very vectors they score (dashed) and cross-fitted (solid, every vector scored by a "
+                    "fit that never saw it), retained % against bytes per vector. The gap is memorisation of a "
+                    "small corpus; the other figures and the recommendations use out-of-sample cells only.")
     for name, fn, caption in figures:
         fig = fn(ok, colour) if len(ok) else None
         if fig is None:

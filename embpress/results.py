@@ -20,11 +20,11 @@ from .embed import library_versions
 
 #: Columns every result table has, in this order (further columns follow).
 COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "budget", "template", "dim", "out_dim",
-           "bytes_per_vector", "overhead_bytes", "compression_ratio",
+           "bytes_per_vector", "overhead_bytes", "amortised_bytes_corpus", "amortised_bytes_1m", "compression_ratio",
            "ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman",
            "knn_recall_at_10", "knn_recall_at_100", "main_metric", "quality", "baseline_quality",
-           "retained_pct", "fit_s", "encode_vps", "search_qps", "calibration", "n_train",
-           "n_vectors", "n_queries", "fit_cached", "warnings", "error", "cell_id"]
+           "retained_pct", "fit_s", "encode_vps", "search_qps", "protocol", "calibration", "folds", "fold_seed", "n_train",
+           "n_vectors", "n_queries", "fit_cached", "overhead_flag", "warnings", "error", "cell_id"]
 
 
 def git_state() -> dict[str, Any]:

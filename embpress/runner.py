@@ -29,6 +29,7 @@ from .embed import embed_dataset
 from .errors import EmbpressError
 from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
 from .models import model_info, resolve_model
+from .protocol import parse_calibration
 from .results import RunWriter, format_table, new_run_dir
 
 log = logging.getLogger("embpress")
@@ -75,17 +76,16 @@ def plan(config: RunConfig) -> Plan:
 
 
 def _check_calibration(cal: str) -> None:
-    if cal == "corpus" or (cal.startswith("sample:") and cal[7:].isdigit() and int(cal[7:]) > 0):
-        return
-    if cal.startswith("dataset:") and cal[8:]:
+    try:
+        parse_calibration(cal)
+    except SpecError as exc:
+        raise EmbpressError(str(exc)) from None
+    if cal.startswith("dataset:"):
         for name in cal[8:].split("+"):
             load_card(name)
-        return
-    if cal.startswith("file:"):
+    elif cal.startswith("file:"):
         from .data import _load_npy
         _load_npy(Path(cal[5:]))
-        return
-    raise EmbpressError(f"calibration {cal!r} must be corpus, sample:N, dataset:NAME[+NAME...] or file:PATH.npy")
 
 
 def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progress: bool) -> str | None:

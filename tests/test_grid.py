@@ -74,8 +74,13 @@ def test_shipped_grids_are_valid_and_default_covers_every_family_at_6_budgets(na
     assert len({(c.compressor, c.infeasible and c.budget, c.calibration) for c in cells}) == len(cells)
     if name == "default":
         assert set(cfg.datasets) == {"scifact", "nfcorpus", "stsbenchmark", "sick"}
-        feasible = Counter(c.template for c in cells if c.template and c.infeasible is None)
-        assert len(feasible) == len(cfg.families) and min(feasible.values()) >= 6, feasible
+        main = [f for f in cfg.families if not (isinstance(f, dict) and f.get("calibration"))]
+        feasible = Counter(c.template for c in cells if c.template and c.infeasible is None and c.calibration is None)
+        assert len(feasible) == len(main) and min(feasible.values()) >= 6, feasible
+        # in-sample companions exist for the trained families, at a few budgets of their own family
+        companions = {c.template for c in cells if c.calibration == "corpus" and c.infeasible is None}
+        assert {"RQ{m}x8", "PQ{m}x8:niter=10", "ITQ{nbits}:niter=10", "PCA{d},SQ8"} <= companions
+        assert companions <= set(feasible)
 
 
 def test_grid_run_keeps_infeasible_cells_and_caches_fits():
@@ -216,13 +221,16 @@ def test_bring_your_own_vectors(tmp_path, corpus_vectors, query_vectors, scifact
 
 def test_calibration_on_separate_vectors_is_recorded(tmp_path, corpus_vectors):
     cfg = small_config(datasets=["scifact"], compressors=["SQ8", "PQ16x8"], families=[], budgets=[],
-                       calibration="sample:300")
+                       calibration="sample:260")
     df, _ = run(cfg, progress=False)
-    assert (df.calibration == "sample:300").all() and (df.n_train == 300).all()
+    # sample:N draws N vectors from the other folds: cross-fitted, never in-sample
+    assert (df.calibration == "sample:260").all() and (df.n_train == 260).all()
+    assert (df.protocol == "crossfit:2").all()
     np.save(tmp_path / "calib.npy", corpus_vectors[:350])
     df2, _ = run(replace_cfg(cfg, calibration=f"file:{tmp_path / 'calib.npy'}"), progress=False)
     assert (df2.n_train == 350).all() and df2.calibration.str.startswith("file:").all()
-    with pytest.raises(EmbpressError, match="must be corpus, sample:N"):
+    assert (df2.protocol == "external").all()
+    with pytest.raises(EmbpressError, match="must be crossfit.*sample:N, corpus"):
         run(replace_cfg(cfg, calibration="bogus"), progress=False)
 
 
@@ -230,15 +238,18 @@ def test_a_family_can_have_its_own_calibration(tmp_path):
     """Slow trainers on a sample, the rest on the whole corpus, in one run; a bad family
     calibration is refused before anything runs, and grid files accept the key."""
     cfg = small_config(datasets=["scifact"], compressors=["SQ8"], budgets=[16],
-                       families=["PQ{m}x8", {"template": "PQ{m}x8:niter=5", "calibration": "sample:300"}])
+                       calibration="corpus",
+                       families=["PQ{m}x8", {"template": "PQ{m}x8:niter=5", "calibration": "sample:260"}])
     df, _ = run(cfg, progress=False)
     by_spec = df.set_index("compressor")
     assert by_spec.loc["SQ8", "calibration"] == "corpus" and by_spec.loc["SQ8", "n_train"] == 600
     assert by_spec.loc["PQ16x8", "calibration"] == "corpus" and by_spec.loc["PQ16x8", "n_train"] == 600
-    assert by_spec.loc["PQ16x8:niter=5", "calibration"] == "sample:300"
-    assert by_spec.loc["PQ16x8:niter=5", "n_train"] == 300
+    assert by_spec.loc["PQ16x8", "protocol"] == "in-sample"
+    assert by_spec.loc["PQ16x8:niter=5", "calibration"] == "sample:260"
+    assert by_spec.loc["PQ16x8:niter=5", "n_train"] == 260
+    assert by_spec.loc["PQ16x8:niter=5", "protocol"] == "crossfit:2"
     assert df.cell_id.is_unique
-    with pytest.raises(EmbpressError, match="must be corpus, sample:N"):
+    with pytest.raises(EmbpressError, match="sample:N needs a whole number"):
         run(replace_cfg(cfg, families=[{"template": "PQ{m}x8", "calibration": "sample:lots"}]), progress=False)
     from embpress.grid import load_grid
     grid = tmp_path / "g.toml"

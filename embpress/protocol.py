@@ -1,0 +1,154 @@
+"""The calibration protocol: what a compressor is fitted on, so that no vector is scored by a model
+that saw it.
+
+A stage that learns from data (PCA's basis, SQ's ranges, PQ/RQ/LSQ codebooks, ITQ's rotation,
+RaBitQ's centre; ``Stage.learns_from_data``) can memorise a small corpus: RQ16x8's codebooks are
+6.3 MB for scifact's 5,183 documents. Scored on the vectors it was fitted on, it looks far better
+than it will on a deployment's unseen documents. The grid therefore *cross-fits* by default:
+
+* the stored vectors are split into K folds (default 2) by a seeded hash of their ids (STS: of the
+  pair, so both sentences of a pair are in one fold);
+* fold f is encoded by a pipeline fitted on the other folds only, and searched with that pipeline
+  (queries transformed by it); the K top-k lists are merged by score, after each pipeline's scores
+  are put on one scale (``Pipeline.comparable_scores``: a transform's dropped per-query constant
+  such as PCA's q·mean is added back, an integer score is multiplied by its step);
+* STS pairs are scored with their fold's pipeline, Spearman over all pairs.
+
+| calibration     | protocol     | fitted on                                                       |
+|-----------------|--------------|-----------------------------------------------------------------|
+| crossfit[:K]    | crossfit:K   | the other folds (default, K = 2)                                |
+| sample:N        | crossfit:2   | N vectors drawn from the other folds                            |
+| corpus          | in-sample    | the very vectors it encodes (memorises small corpora)           |
+| dataset:NAME    | external     | another dataset's corpus (mixes domain shift with the protocol) |
+| file:PATH.npy   | external     | a user's vectors                                                |
+
+A pipeline with no stage that learns from data is fitted once whatever the calibration says, and its
+protocol is ``oblivious``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from compressors import SpecError
+
+#: The calibration a run uses unless told otherwise.
+DEFAULT_CALIBRATION = "crossfit:2"
+#: Seed of the fold hash; recorded in every cross-fitted row and in the fit cache key.
+FOLD_SEED = 0
+MAX_FOLDS = 20
+#: Protocols whose scores hold on unseen vectors: the report recommends from these rows only.
+OUT_OF_SAMPLE = ("oblivious", "crossfit", "external")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    kind: str                     # "crossfit", "in-sample" or "external"
+    folds: int = 1
+    sample: int | None = None     # train on at most this many vectors (drawn from the other folds)
+    seed: int = FOLD_SEED
+
+    @property
+    def label(self) -> str:
+        return f"crossfit:{self.folds}" if self.kind == "crossfit" else self.kind
+
+
+def parse_calibration(cal: str) -> Protocol:
+    """The protocol a calibration string names; SpecError (one line) for anything else."""
+    if cal in ("corpus", "pairs"):
+        return Protocol("in-sample")
+    if cal == "crossfit" or cal.startswith("crossfit:"):
+        k = cal[9:] or "2"
+        if not k.isdigit() or not 2 <= int(k) <= MAX_FOLDS:
+            raise SpecError(f"calibration {cal!r}: crossfit:K needs 2 <= K <= {MAX_FOLDS} folds")
+        return Protocol("crossfit", int(k))
+    if cal.startswith("sample:"):
+        n = cal[7:]
+        if not n.isdigit() or int(n) < 1:
+            raise SpecError(f"calibration {cal!r}: sample:N needs a whole number N >= 1")
+        return Protocol("crossfit", 2, sample=int(n))
+    if (cal.startswith("dataset:") and cal[8:]) or (cal.startswith("file:") and cal[5:]):
+        return Protocol("external")
+    raise SpecError(f"calibration {cal!r} must be crossfit[:K], sample:N, corpus, dataset:NAME[+NAME...] "
+                    "or file:PATH.npy")
+
+
+def fold_of(ids: list[str], folds: int, seed: int = FOLD_SEED) -> np.ndarray:
+    """Fold index (0..folds-1) of each id: a stable hash of seed and id, so a document stays in its
+    fold whatever else the corpus holds (a sample, a resumed run, another machine)."""
+    out = np.empty(len(ids), dtype=np.int32)
+    for i, name in enumerate(ids):
+        h = hashlib.blake2b(f"{seed}|{name}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "little") % folds
+    return out
+
+
+def training_rows(fold_ids: np.ndarray, fold: int, sample: int | None, seed: int = FOLD_SEED) -> np.ndarray:
+    """Row indices a fold's pipeline is fitted on: every other fold, or a seeded sample of them."""
+    rows = np.flatnonzero(fold_ids != fold)
+    if sample is not None and sample < len(rows):
+        rows = np.sort(np.random.default_rng(seed + fold).choice(rows, sample, replace=False))
+    return rows
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-fold (scores, global ids) top-k lists into one top-k per query by score (higher
+    first; ties by the smaller id, so the merge does not depend on the order of the folds).
+    Padding ids (-1) never win over a real result."""
+    scores = np.concatenate([np.asarray(s, dtype=np.float64) for s, _ in parts], axis=1)
+    ids = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in parts], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores)
+    by_id = np.argsort(np.where(ids < 0, np.iinfo(np.int64).max, ids), axis=1, kind="stable")
+    scores, ids = np.take_along_axis(scores, by_id, 1), np.take_along_axis(ids, by_id, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def amortised_bytes(bytes_per_vector: int, overhead_bytes: int, n_vectors: int) -> float:
+    """Bytes per vector once one pipeline's fixed state (codebooks, matrices, ranges) is shared
+    by ``n_vectors`` stored vectors."""
+    return bytes_per_vector + overhead_bytes / max(n_vectors, 1)
+
+
+#: The deployment size ``amortised_bytes_1m`` spreads the fixed state over.
+DEPLOYMENT_VECTORS = 1_000_000
+
+
+def overhead_flag(bytes_per_vector: int, overhead_bytes: int, n_vectors: int) -> str | None:
+    if overhead_bytes > bytes_per_vector * n_vectors:
+        return ("codebooks larger than the codes: this corpus is too small to judge this setting "
+                f"({overhead_bytes:,} B of fixed state for {n_vectors:,} x {bytes_per_vector} B of codes)")
+    return None
+
+
+def out_of_sample(df) -> "pd.Series":
+    """Rows whose quality holds on unseen vectors (oblivious, cross-fitted, external): what the
+    report recommends from. A run from before the protocol existed has no ``protocol`` column; its
+    rows are all taken (the report says they were fitted in-sample)."""
+    import pandas as pd
+    if "protocol" not in df:
+        return pd.Series(True, index=df.index)
+    kind = df["protocol"].astype("string").str.split(":").str[0]
+    return kind.isin(list(OUT_OF_SAMPLE)).fillna(False).astype(bool)
+
+
+def describe(df) -> str:
+    """One paragraph for the top of a report: how this run's compressors were fitted."""
+    if "protocol" not in df or df["protocol"].isna().all():
+        return ("This run predates the calibration protocol: compressors that learn from data were fitted on "
+                "the very vectors they encode and score (in-sample), which flatters trained codecs on small "
+                "corpora.")
+    counts = df["protocol"].value_counts()
+    parts = ", ".join(f"{n} {k}" for k, n in counts.items())
+    folds = sorted({int(k.split(":")[1]) for k in counts.index if str(k).startswith("crossfit:")})
+    text = (f"Protocol ({parts} cells): compressors that learn from data are cross-fitted"
+            + (f" in {'/'.join(map(str, folds))} folds" if folds else "")
+            + f" (folds by a seeded hash of the ids, seed {FOLD_SEED}): each fold is encoded and searched by a "
+            "fit on the other folds only, so no vector is scored by a model that saw it. Oblivious compressors "
+            "(nothing learned) are fitted once; external ones on another dataset's vectors.")
+    if (df["protocol"] == "in-sample").any():
+        text += (" In-sample cells (fitted on the vectors they score) are shown only to measure how much a "
+                 "small corpus flatters trained codecs; they are never recommended.")
+    return text
