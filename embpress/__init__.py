@@ -11,10 +11,12 @@ __version__ = "0.1.0"
 
 
 def run(datasets=None, models=None, compressors=None, *, grid: str = "default", k: int | None = None,
-        max_queries: int | None = None, max_docs: int | None = None, progress: bool = True,
+        max_queries: int | None = None, max_docs: int | None = None, calibration: str | None = None,
+        progress: bool = True,
         out_dir=None, **execution):
     """Run a grid (by default ``benchmarks/default.toml``, overridden by the arguments) and return
-    the results as a pandas DataFrame; the run folder is in ``df.attrs["run_dir"]``."""
+    the results as a pandas DataFrame; the run folder is in ``df.attrs["run_dir"]``. Compressors that
+    learn from data are cross-fitted unless ``calibration`` says otherwise (see ``embpress.protocol``)."""
     from pathlib import Path
 
     from .runner import load_grid, run as _run
@@ -22,7 +24,8 @@ def run(datasets=None, models=None, compressors=None, *, grid: str = "default", 
     if compressors is not None:  # explicit specs replace the grid's families
         config.families, config.budgets, config.axes = [], [], {}
     for attr, value in (("datasets", datasets), ("models", models), ("compressors", compressors),
-                        ("k", k), ("max_queries", max_queries), ("max_docs", max_docs)):
+                        ("k", k), ("max_queries", max_queries), ("max_docs", max_docs),
+                        ("calibration", calibration)):
         if value is not None:
             setattr(config, attr, [value] if attr in ("datasets", "models", "compressors")
                     and isinstance(value, str) else value)
