@@ -129,8 +129,8 @@ def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
     data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
     insample = data[data.protocol == "in-sample"]
     lines = set(zip(insample.panel, insample.line))
-    data = data[[(p, l) in lines for p, l in zip(data.panel, data.line)]
-                & (data.protocol.isin(["in-sample"]) | data.protocol.astype(str).str.startswith("crossfit"))]
+    paired = pd.Series([(p, l) in lines for p, l in zip(data.panel, data.line)], index=data.index, dtype=bool)
+    data = data[paired & (data.protocol.isin(["in-sample"]) | data.protocol.astype(str).str.startswith("crossfit"))]
     if insample.empty or not (data.protocol != "in-sample").any():
         return None
 
