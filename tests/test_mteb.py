@@ -165,3 +165,24 @@ def test_bad_mteb_input_gives_one_line_and_exit_2(args, message):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     lines = [l for l in p.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], p.stderr
+
+
+def test_text_encoder_encodes_unknown_texts_with_the_model_and_reuses_the_cache(sts_sample):
+    """Texts embpress has not cached go through the real model (mteb's sentence-transformers
+    wrapper); cached ones are looked up, and both give the same vectors."""
+    from datasets import Dataset
+    from mteb import get_task
+    from torch.utils.data import DataLoader
+    from embpress.mteb import TextEncoder
+    ds, vecs = sts_sample
+    texts = ds.sentences1[:16]
+    loader = DataLoader(Dataset.from_dict({"text": texts}), batch_size=8)
+    meta = get_task("STSBenchmark").metadata
+    enc = TextEncoder()
+    fresh = enc.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default")
+    assert enc.stats == {"cached": 0, "encoded": 16}
+    enc.remember(ds.sentences1, vecs["sentences1"])
+    cached = enc.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default")
+    assert enc.stats == {"cached": 16, "encoded": 16}
+    np.testing.assert_allclose(fresh, cached, atol=2e-5)
+    np.testing.assert_array_equal(cached, np.asarray(vecs["sentences1"][:16]))

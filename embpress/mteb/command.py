@@ -249,12 +249,14 @@ def run_cli(args) -> int:
     """``embpress mteb``: run, print the table and where the files are."""
     import logging
     import sys
+    import warnings
 
     import datasets
 
     from ..results import format_table
     datasets.disable_progress_bars()
     logging.getLogger("mteb").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mteb")   # mteb logs each of its warnings as well
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = MtebConfig(tasks=args.task, compressors=args.compressor or ["F32", "SQ8", "BIN"], model=args.model,
                      calibration=args.calibration, max_queries=args.max_queries, max_docs=args.max_docs,
