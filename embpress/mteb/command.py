@@ -12,7 +12,6 @@ grid. The grid's cross-fitted calibration has no single-model equivalent.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,9 +60,7 @@ def _check(cfg: MtebConfig) -> None:
     if not cfg.tasks or not cfg.compressors:
         raise EmbpressError("give at least one task (-t) and one compressor spec (-c)")
     _check_calibration(cfg.calibration)
-    for spec in cfg.compressors:
-        parse_spec(spec)   # a malformed spec is a SpecError: one line, exit 2
-    specs = [parse_spec(s).to_spec() for s in cfg.compressors]
+    specs = [parse_spec(s).to_spec() for s in cfg.compressors]   # a malformed spec: SpecError, one line
     cfg.specs = [BASELINE] + [s for s in dict.fromkeys(specs) if s != BASELINE]
 
 
@@ -190,29 +187,45 @@ def _task_rows(lt: LoadedTask, base: TextEncoder, writer: RunWriter, cfg: MtebCo
     if cfg.with_mteb_wrapper:
         jobs += [(lab, lambda lab=lab, d=d, b=b: wrapper_row(lab, d, b, lt, base, run_dir, cfg))
                  for lab, d, b in WRAPPER_LEVELS]
-    baseline: dict[str, np.ndarray] | None = None
-    base_quality = None
+    ref: dict[str, Any] = {}   # the float32 row's quality and per-query arrays (F32 is always the first job)
     for spec, job in jobs:
-        try:
-            row, pred_dir = job()
-        except SpecError as exc:
-            row, pred_dir = {**_base_row(lt, model, spec, base.dim), "status": "infeasible", "error": str(exc)}, None
-        if spec == BASELINE and row["status"] == "ok":   # always the first job: the float32 baseline
-            base_quality = row["quality"]
-            writer.meta.setdefault("baselines", {})[f"{model}|{lt.label}"] = {row["main_metric"]: base_quality}
-            if lt.ds is not None:
-                baseline = baseline_arrays(lt, pred_dir)
-                save_npz(run_dir / "per_query" / f"baseline__{_safe(model)}__{_safe(lt.label)}.npz", baseline,
-                         baseline={row["main_metric"]: base_quality})
-        if row["status"] == "ok" and baseline is not None:
-            per_query, extra = cell_arrays(lt, pred_dir, baseline)
-            row.update(extra)
-            save_npz(run_dir / "per_query" / f"{row['cell_id']}.npz", per_query)
-        if row["status"] == "ok" and base_quality:
-            row.update(baseline_quality=base_quality, retained_pct=100 * row["quality"] / base_quality)
+        row, pred_dir = _run_job(lt, model, base.dim, spec, job)
+        _against_baseline(row, pred_dir, lt, writer, ref)
         writer.add_cell(row)
         echo(f"{lt.name} · {spec}: " + (f"{row['main_metric']}={row['quality']:.2f}" if row["status"] == "ok"
                                           else f"{row['status']}: {row.get('error')}"))
+
+
+def _run_job(lt: LoadedTask, model: str, dim: int, spec: str, job) -> tuple[dict[str, Any], Path | None]:
+    """A row that never raises for a spec's own problem: infeasible (with the reason) or failed."""
+    try:
+        return job()
+    except SpecError as exc:
+        return {**_base_row(lt, model, spec, dim), "status": "infeasible", "error": str(exc)}, None
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        return {**_base_row(lt, model, spec, dim), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}, None
+
+
+def _against_baseline(row: dict[str, Any], pred_dir: Path | None, lt: LoadedTask, writer: RunWriter,
+                      ref: dict[str, Any]) -> None:
+    """retained_pct, kNN recall and the per-query files (for the report and compare) of one row."""
+    if row["status"] != "ok":
+        return
+    per_query_dir = writer.dir / "per_query"
+    if row["compressor"] == BASELINE and "quality" not in ref:
+        ref["quality"] = row["quality"]
+        baseline = {row["main_metric"]: row["quality"]}
+        writer.meta.setdefault("baselines", {})[f"{row['model']}|{lt.label}"] = baseline
+        if lt.ds is not None:
+            ref["arrays"] = baseline_arrays(lt, pred_dir)
+            save_npz(per_query_dir / f"baseline__{_safe(row['model'])}__{_safe(lt.label)}.npz", ref["arrays"],
+                     baseline=baseline)
+    if "arrays" in ref:
+        per_query, extra = cell_arrays(lt, pred_dir, ref["arrays"])
+        row.update(extra)
+        save_npz(per_query_dir / f"{row['cell_id']}.npz", per_query)
+    if ref.get("quality"):
+        row.update(baseline_quality=ref["quality"], retained_pct=100 * row["quality"] / ref["quality"])
 
 
 def run_mteb(cfg: MtebConfig, *, out: Path | None = None, echo: Callable[[str], None] = print):
