@@ -18,8 +18,8 @@ from ..errors import EmbpressError
 MIRRORED = {"SciFact": "scifact", "NFCorpus": "nfcorpus", "STSBenchmark": "stsbenchmark", "SICK-R": "sick"}
 
 #: Tasks that run on embpress's data but do not reproduce MTEB's numbers.
-NOT_COMPARABLE = {"SICK-R": "embpress's SICK follows the SemEval-2014 test split (9,840 pairs in the "
-                            "mirror's file); MTEB's SICK-R has 9,927 pairs: not comparable with MTEB's scores"}
+NOT_COMPARABLE = {"SICK-R": "embpress's SICK is the SemEval-2014 test split (4,906 of the 9,840 pairs in the "
+                            "mirror's SICK.txt); MTEB's SICK-R has 9,927 pairs: not comparable with MTEB's scores"}
 
 
 @dataclass
