@@ -63,7 +63,7 @@ class TextEncoder(AbsEncoder):
         self.mteb_model_meta = base_meta(self.info, self.dim)
         self._memo: dict[str, tuple[np.ndarray, int]] = {}
         self._use_memo = not _declares_prompts(self.info)
-        self._st = None
+        self._shared: dict[str, Any] = {"model": None}   # the loaded model, shared with with_meta() copies
         self.stats = {"cached": 0, "encoded": 0}
 
     def remember(self, texts: list[str], vectors: np.ndarray) -> None:
@@ -75,10 +75,10 @@ class TextEncoder(AbsEncoder):
             self._memo.setdefault(text, (vectors, i))
 
     def _wrapper(self):
-        if self._st is None:
+        if self._shared["model"] is None:
             from mteb.models import SentenceTransformerEncoderWrapper
-            self._st = SentenceTransformerEncoderWrapper(load_encoder(self.info, device=self.device))
-        return self._st
+            self._shared["model"] = SentenceTransformerEncoderWrapper(load_encoder(self.info, device=self.device))
+        return self._shared["model"]
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None,
                **kwargs: Any) -> np.ndarray:
@@ -94,6 +94,8 @@ class TextEncoder(AbsEncoder):
             vecs = _numpy(self._wrapper().encode(loader, task_metadata=task_metadata, hf_split=hf_split,
                                                  hf_subset=hf_subset, prompt_type=prompt_type, **kwargs))
             self.dim = vecs.shape[1]
+            if self._use_memo:   # the next spec of the same task finds them
+                self.remember([texts[i] for i in missing], vecs)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for i, hit in enumerate(hits):
             if hit is not None:
