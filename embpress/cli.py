@@ -7,6 +7,7 @@
     embpress show RUN                 print the table of an earlier run
     embpress report RUN               build its HTML report (reports/<run-id>/index.html)
     embpress compare RUN_A RUN_B      per-cell deltas of two runs; exit 1 on a regression
+    embpress mteb -t SciFact -c SQ8   MTEB tasks on compressor specs (embpress.mteb)
 
 Bad input (unknown names, malformed specs or grids, missing data) prints one line and exits 2.
 """
@@ -89,6 +90,23 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--no-speed", action="store_true", help="do not check speed (noisy machines, identical reruns)")
     cp.add_argument("--out", type=Path, default=None,
                     help="Markdown summary (default <RUN_B>/compare-<RUN_A id>.md)")
+
+    mt = sub.add_parser("mteb", help="run MTEB tasks (offline, from the datasets mirror) on compressor specs, "
+                        "fitted once on stated calibration; mteb's result JSON + an embpress results table")
+    mt.add_argument("-t", "--task", action="append", required=True, metavar="TASK",
+                    help="MTEB task name, e.g. SciFact, NFCorpus, STSBenchmark (repeatable)")
+    mt.add_argument("-c", "--compressor", action="append", metavar="SPEC",
+                    help="compressor spec (repeatable; default F32, SQ8, BIN); F32 always runs as the baseline")
+    mt.add_argument("-m", "--model", default="all-MiniLM-L6-v2", help="model name (default all-MiniLM-L6-v2)")
+    mt.add_argument("--calibration", default="corpus", help="what each spec is fitted on, once: corpus (the "
+                    "task's own corpus or pairs, default), sample:N, dataset:NAME or file:PATH.npy")
+    mt.add_argument("--with-mteb-wrapper", action="store_true",
+                    help="add rows for mteb's own CompressionWrapper at int8 and binary")
+    mt.add_argument("--max-queries", type=int, default=None, help="only the first N queries/pairs (mirrored tasks)")
+    mt.add_argument("--max-docs", type=int, default=None, help="keep at most N documents (judged ones first)")
+    mt.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>-mteb, must not exist)")
+    mt.add_argument("--no-fit-cache", action="store_true", help="refit every compressor")
+    mt.add_argument("-q", "--quiet", action="store_true", help="print only the table")
 
     dl = sub.add_parser("distill", help="train a student encoder to mimic a teacher's embeddings (MSE on "
                         "training-split texts); saved as a model usable with -m NAME")
@@ -198,6 +216,13 @@ def _cmd_distill(args) -> int:
     return run_cli(args)
 
 
+def _cmd_mteb(args) -> int:
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):   # before datasets/mteb are imported
+        os.environ.setdefault(var, "1")
+    from .mteb.command import run_cli
+    return run_cli(args)
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
     print(build_report(args.run, args.out))
@@ -215,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
-                "distill": _cmd_distill, "report": _cmd_report, "compare": _cmd_compare}[args.command](args)
+                "distill": _cmd_distill, "report": _cmd_report, "compare": _cmd_compare,
+                "mteb": _cmd_mteb}[args.command](args)
     except (EmbpressError, SpecError) as exc:
         print(f"embpress: error: {exc}", file=sys.stderr)
         return 2
