@@ -99,7 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="compressor spec (repeatable; default F32, SQ8, BIN); F32 always runs as the baseline")
     mt.add_argument("-m", "--model", default="all-MiniLM-L6-v2", help="model name (default all-MiniLM-L6-v2)")
     mt.add_argument("--calibration", default="corpus", help="what each spec is fitted on, once: corpus (the "
-                    "task's own corpus or pairs, default), sample:N, dataset:NAME or file:PATH.npy")
+                    "task's own corpus or pairs, in-sample, default), dataset:NAME or file:PATH.npy (external)")
     mt.add_argument("--with-mteb-wrapper", action="store_true",
                     help="add rows for mteb's own CompressionWrapper at int8 and binary")
     mt.add_argument("--max-queries", type=int, default=None, help="only the first N queries/pairs (mirrored tasks)")

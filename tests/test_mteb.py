@@ -157,7 +157,9 @@ def test_offline_loader_opens_no_socket(monkeypatch):
     (["-t", "ArguAna", "-c", "F32"], "MTEB task 'ArguAna': its data is not reachable"),
     (["-t", "NoSuchTask", "-c", "F32"], "unknown MTEB task 'NoSuchTask'"),
     (["-t", "SciFact", "-c", "ZZ9"], "unknown compressor stage 'ZZ9'"),
-    (["-t", "SciFact", "--calibration", "lots"], "must be corpus, sample:N"),
+    (["-t", "SciFact", "--calibration", "lots"], "must be crossfit"),
+    (["-t", "SciFact", "--calibration", "crossfit:2"], "no single-model equivalent"),
+    (["-t", "SciFact", "--calibration", "sample:100"], "no single-model equivalent"),
 ])
 def test_bad_mteb_input_gives_one_line_and_exit_2(args, message):
     p = subprocess.run([sys.executable, "-m", "embpress.cli", "mteb", *args], capture_output=True, text=True,

@@ -7,8 +7,9 @@ arrays), so ``embpress show``, ``report`` and ``compare`` work on it.
 
 Each spec is fitted once per task on the stated calibration before mteb sees it: ``corpus`` is
 the task's own corpus (retrieval) or both sides of its pairs (STS), in-sample, as a grid run
-with ``calibration = "corpus"``; ``sample:N``, ``dataset:NAME`` and ``file:PATH.npy`` as in the
-grid. The grid's cross-fitted calibration has no single-model equivalent.
+with ``calibration = "corpus"`` (in-sample); ``dataset:NAME`` and ``file:PATH.npy`` (external) as in
+the grid. The grid's cross-fitted calibration (its default, and ``sample:N``, drawn from the other
+folds) has no single-model equivalent and is refused.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..grid import cell_id
 from ..metrics import MAIN_METRIC
 from ..models import DEFAULT_MODEL
 from ..results import RunWriter, new_run_dir
+from ..protocol import parse_calibration
 from ..runner import _check_calibration, _safe
 from .models import CompressedModel, TextEncoder
 from .perquery import baseline_arrays, cell_arrays
@@ -60,6 +62,10 @@ def _check(cfg: MtebConfig) -> None:
     if not cfg.tasks or not cfg.compressors:
         raise EmbpressError("give at least one task (-t) and one compressor spec (-c)")
     _check_calibration(cfg.calibration)
+    if parse_calibration(cfg.calibration).kind == "crossfit":
+        raise EmbpressError(f"--calibration {cfg.calibration}: embpress mteb fits one model per spec, and the "
+                            "grid's cross-fitting (crossfit:K, sample:N from the other folds) has no single-model "
+                            "equivalent; give corpus (in-sample), dataset:NAME or file:PATH.npy")
     specs = [parse_spec(s).to_spec() for s in cfg.compressors]   # a malformed spec: SpecError, one line
     cfg.specs = [BASELINE] + [s for s in dict.fromkeys(specs) if s != BASELINE]
 
@@ -85,17 +91,11 @@ def _stored(vecs: dict[str, np.ndarray]) -> np.ndarray:
 def calibration_vectors(cal: str, lt: LoadedTask, vecs: dict[str, np.ndarray], base: TextEncoder,
                         cfg: MtebConfig) -> tuple[np.ndarray, str]:
     """(calibration vectors, label) as the grid defines them (``embpress.cells``)."""
-    if cal == "corpus" or cal.startswith("sample:"):
+    if cal == "corpus":
         if not vecs:
             raise EmbpressError(f"MTEB task {lt.name!r} is not in embpress's mirror, so it has no corpus to "
                                 f"calibrate on: give --calibration dataset:NAME or file:PATH.npy")
-        stored = _stored(vecs)
-        if cal == "corpus":
-            return np.ascontiguousarray(stored, dtype=np.float32), "corpus" if lt.kind == "retrieval" else "pairs"
-        n = int(cal[7:])
-        if n < len(stored):
-            stored = stored[np.sort(np.random.default_rng(0).choice(len(stored), n, replace=False))]
-        return np.ascontiguousarray(stored, dtype=np.float32), cal
+        return np.ascontiguousarray(_stored(vecs), dtype=np.float32), "corpus" if lt.kind == "retrieval" else "pairs"
     if cal.startswith("file:"):
         from ..data import _load_npy
         return np.ascontiguousarray(_load_npy(Path(cal[5:])), dtype=np.float32), cal
@@ -145,6 +145,7 @@ def spec_row(spec: str, lt: LoadedTask, base: TextEncoder, calib: np.ndarray, ca
     pipe, row["fit_s"], row["fit_cached"] = fit_pipeline(pipe, calib, cfg.fit_cache)
     model = CompressedModel(base, pipe, calibration=cal_label, calibration_sha256=calibration_digest(calib))
     row.update(calibration=cal_label, n_train=pipe.n_train or len(calib), out_dim=pipe.output_dim(dim),
+               protocol=parse_calibration(cfg.calibration).label if pipe.learns_from_data else "oblivious",
                bytes_per_vector=pipe.bytes_per_vector(dim), overhead_bytes=int(pipe.overhead_bytes),
                mteb_experiment=model.mteb_model_meta.experiment_name)
     row["compression_ratio"] = 4 * dim / row["bytes_per_vector"]
