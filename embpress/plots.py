@@ -141,7 +141,10 @@ def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
             pts = pts.sort_values("bytes_per_vector")
             ax.plot(pts.bytes_per_vector, pts.retained_pct, marker="o" if not proto else "x", markersize=4,
                     linewidth=1.3, linestyle="--" if proto else "-", color=colour[str(line)],
-                    label=f"{line}" + (" (in-sample)" if proto else " (cross-fitted)"))
+                    label=None if proto else re.sub(r":[^,]*", "", str(line)))   # the family, options dropped
+        if panel == data.panel.iloc[0]:
+            ax.plot([], [], color="#444", linestyle="-", marker="o", markersize=4, label="cross-fitted (solid)")
+            ax.plot([], [], color="#444", linestyle="--", marker="x", markersize=4, label="in-sample (dashed)")
         _logx(ax)
         ax.set_xlabel("bytes per vector (log scale)")
         ax.set_ylabel(f"% of float32 {metric}")
