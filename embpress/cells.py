@@ -21,6 +21,7 @@ from compressors import Pipeline, SpecError, config_context, parse_spec
 from compressors.base import cosine_rows, knn_inner_product
 
 from .fitcache import calibration_digest, fit_cache_path, fit_pipeline  # noqa: F401
+from .validate import metric_problem
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
 
 
@@ -199,7 +200,11 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # the grid's vectors were checked for NaN / inf where they entered (embedding, checksummed
         # cache, .npy loading): no per-call scan inside the measured kernels
         with config_context(assume_finite=True):
-            return evaluate(task)
+            row, per_query = evaluate(task)
+        problem = metric_problem(row)
+        if problem is not None:   # an impossible figure is never reported as ok
+            row.update(status="failed", error=f"impossible result: {problem}")
+        return row, per_query
     except (SpecError, ValueError, RuntimeError, MemoryError, OSError) as exc:
         return ({"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                  "compressor": task.compressor, "status": "failed",
