@@ -167,7 +167,10 @@ def _decode_value(enc: Any, z) -> Any:
     if "json" in enc:
         return tuple(enc["json"]) if enc.get("tuple") else enc["json"]
     if "scalar" in enc:
-        return np.dtype(enc["dtype"]).type(enc["scalar"])
+        dtype = np.dtype(str(enc.get("dtype")))
+        if dtype.kind not in "biuf":
+            raise CacheEntryError(f"scalar of dtype {dtype} is not a number")
+        return dtype.type(enc["scalar"])
     if "stage" in enc:
         return decode_stage(enc["stage"], z)
     if "faiss" in enc:
