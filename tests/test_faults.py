@@ -249,3 +249,21 @@ def test_markdown_tables_escape_html():
     from embpress.report import markdown_table
     text = markdown_table(["name"], [["<script>alert(1)</script> | x & y"]])
     assert "<script>" not in text and "&lt;script&gt;" in text and "\\|" in text and "&amp;" in text
+
+
+def test_float32_baseline_of_zero_runs_to_the_end(tmp_path, capsys):
+    """Every relevant document is the one least like its query: the float32 nDCG@10 is 0, so no
+    retained % exists; the run finishes (it used to crash printing the cell) and says why."""
+    rng = np.random.default_rng(5)
+    d = tmp_path / "far"
+    d.mkdir()
+    corpus = rng.standard_normal((200, 8)).astype(np.float32)
+    np.save(d / "corpus.npy", corpus)
+    np.save(d / "queries.npy", -corpus[:10])
+    (d / "corpus_ids.txt").write_text("".join(f"d{i}\n" for i in range(200)))
+    (d / "query_ids.txt").write_text("".join(f"q{i}\n" for i in range(10)))
+    (d / "qrels.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(10)))
+    assert main(["run", "-d", str(d), "-c", "F32", "-c", "SQ8", "--no-progress", "--no-report"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err.count("ndcg_at_10=0.00  retained - (the float32 baseline is 0)") == 2, captured.err
