@@ -35,7 +35,7 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
 
     def attempt() -> None:
         try:
-            out["client"] = Client(address, timeout=f"{timeout_s}s", set_as_default=False)
+            out["client"] = Client(address, timeout=f"{timeout_s}s")
         except BaseException as exc:  # noqa: BLE001 - MemoryError / ValueError from a foreign peer too
             out["error"] = exc
 
