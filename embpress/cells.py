@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from compressors import Pipeline, SpecError, config_context, parse_spec
+from compressors import SpecError, config_context, parse_spec
 from compressors.base import cosine_rows, knn_inner_product
 
 from .fitcache import calibration_digest, fit_cache_path, fit_pipeline  # noqa: F401
