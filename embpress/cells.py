@@ -7,10 +7,8 @@ carries only references: the dataset's name and sample, the paths of the cached 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,7 +20,8 @@ import numpy as np
 from compressors import Pipeline, SpecError, config_context, parse_spec
 from compressors.base import cosine_rows, knn_inner_product
 
-from . import settings
+from .fitcache import calibration_digest, fit_cache_path, fit_pipeline  # noqa: F401
+from .validate import metric_problem
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
 from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
                        overhead_flag, parse_calibration, training_rows)
@@ -93,64 +92,6 @@ def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: st
 
 def context_for(task: CellTask) -> Context:
     return _load_context(task.dataset, task.max_queries, task.max_docs, task.vectors, task.truth)
-
-
-# ---------------------------------------------------------------------------- fitted-compressor cache
-@lru_cache(maxsize=1)
-def _code_version() -> str:
-    """A hash of the compressors package's source: changed code means new fits (stages build on
-    each other, e.g. BIN's rescoring copy on SQ8, so the whole package is hashed)."""
-    import compressors
-    h = hashlib.sha256()
-    for path in sorted(Path(compressors.__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-_DIGESTS: dict[tuple, str] = {}
-
-
-def calibration_digest(calib: np.ndarray, key: tuple | None = None) -> str:
-    """sha256 of the calibration vectors; with a ``key`` that identifies them (see
-    ``_calibration_key``), hashed once per process for all the cells that share them."""
-    if key is None:
-        return hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
-    if key not in _DIGESTS:
-        _DIGESTS[key] = calibration_digest(calib)
-    return _DIGESTS[key]
-
-
-def fit_cache_path(pipe: Pipeline, calib: np.ndarray, calib_key: tuple | None = None,
-                   meta: dict | None = None) -> Path:
-    h = hashlib.sha256(calibration_digest(calib, calib_key).encode())
-    h.update(f"{calib.shape}|{pipe.to_spec()}|{_code_version()}|{json.dumps(meta or {}, sort_keys=True)}".encode())
-    return settings.cache_dir() / "fitted" / f"{h.hexdigest()[:24]}.pkl"
-
-
-def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True,
-                 calib_key: tuple | None = None, meta: dict | None = None) -> tuple[Pipeline, float, bool]:
-    """Fit (or load the same fit from the cache); returns (pipeline, fit seconds, from_cache).
-    ``meta`` (the cross-fitting fold, number of folds and hash seed) is part of the cache key."""
-    path = (fit_cache_path(pipe, calib, calib_key, meta) if use_cache and any(s.needs_fit for s in pipe.stages)
-            else None)
-    if path is not None and path.is_file():
-        try:
-            with open(path, "rb") as f:
-                saved = pickle.load(f)
-            return saved["pipeline"], saved["fit_s"], True
-        except Exception:  # noqa: BLE001 - an unreadable cache entry is refitted and rewritten
-            path.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    pipe.fit(calib)
-    fit_s = time.perf_counter() - t0
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        with open(tmp, "wb") as f:
-            pickle.dump({"pipeline": pipe, "fit_s": fit_s, "spec": pipe.to_spec()}, f)
-        tmp.replace(path)
-    return pipe, fit_s, False
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -350,7 +291,11 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # the grid's vectors were checked for NaN / inf where they entered (embedding, checksummed
         # cache, .npy loading): no per-call scan inside the measured kernels
         with config_context(assume_finite=True):
-            return evaluate(task)
+            row, per_query = evaluate(task)
+        problem = metric_problem(row)
+        if problem is not None:   # an impossible figure is never reported as ok
+            row.update(status="failed", error=f"impossible result: {problem}")
+        return row, per_query
     except (SpecError, ValueError, RuntimeError, MemoryError, OSError) as exc:
         return ({"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                  "compressor": task.compressor, "status": "failed",

@@ -90,6 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--no-speed", action="store_true", help="do not check speed (noisy machines, identical reruns)")
     cp.add_argument("--out", type=Path, default=None,
                     help="Markdown summary (default <RUN_B>/compare-<RUN_A id>.md)")
+    cp.add_argument("--intersection", action="store_true",
+                    help="compare only the cells both runs have (by default B lacking cells of A fails the gate)")
 
     mt = sub.add_parser("mteb", help="run MTEB tasks (offline, from the datasets mirror) on compressor specs, "
                         "fitted once on stated calibration; mteb's result JSON + an embpress results table")
@@ -129,12 +131,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from .runner import load_grid, run
+    from .validate import check_resume_options
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,
                   threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache)
     if args.resume is not None:
-        if args.grid or args.dataset or args.model or args.compressor or args.out:
-            raise EmbpressError("--resume continues a run with its own config; give no other grid options")
+        check_resume_options(args)
         df, run_dir = run(resume=args.resume, **common)
         return _finish_run(df, run_dir, args)
     config = load_grid(args.grid or "default")
@@ -199,8 +201,11 @@ def _cmd_show(args) -> int:
     if not (args.run / "run.json").is_file():
         raise EmbpressError(f"{args.run} is not a run folder (no run.json)")
     df, meta = load_run(args.run)
-    print(f"run {meta['run_id']} ({meta.get('status')}), commit {(meta['git'].get('commit') or '?')[:7]}")
-    print(format_table(df))
+    print(f"run {meta.get('run_id', args.run.name)} ({meta.get('status')}), "
+          f"commit {((meta.get('git') or {}).get('commit') or '?')[:7]}")
+    if meta.get("partial"):
+        print(f"partial: {meta['partial']}")
+    print(format_table(df) if len(df) else "(no finished cells)")
     return 0
 
 
@@ -208,7 +213,7 @@ def _cmd_compare(args) -> int:
     from .compare import Thresholds, run_compare
     t = Thresholds(quality_tol=args.quality_tol, speed_ratio=None if args.no_speed else args.speed_ratio,
                    speed_floor=args.speed_floor, n_boot=args.bootstrap)
-    return run_compare(args.run_a, args.run_b, t, out=args.out)
+    return run_compare(args.run_a, args.run_b, t, out=args.out, intersection=args.intersection)
 
 
 def _cmd_distill(args) -> int:
@@ -225,6 +230,8 @@ def _cmd_mteb(args) -> int:
 
 def _cmd_report(args) -> int:
     from .report import build_report
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise EmbpressError(f"--out {args.out} is a file; the report needs a folder")
     print(build_report(args.run, args.out))
     return 0
 
@@ -244,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                 "mteb": _cmd_mteb}[args.command](args)
     except (EmbpressError, SpecError) as exc:
         print(f"embpress: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # disk full, read-only folder, permissions: one line, nothing written is removed
+        where = exc.filename or "a file"
+        print(f"embpress: error: cannot access {where}: {exc.strerror or exc}; files already written are kept",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("embpress: interrupted; finished cells are kept in the run folder", file=sys.stderr)

@@ -19,8 +19,11 @@ A cell of B is a **regression** when
 * *bytes*: it stores more bytes per vector than A for the same spec;
 * *status*: it was ok in A and is infeasible or failed in B.
 
-Cells present in only one run are listed, never regressions. The summary is written as Markdown
-(default ``<RUN_B>/compare-<RUN_A id>.md``). Exit status: 1 with a regression, 0 without.
+Cells present in only one run are listed, never regressions; but the gate fails when B lacks
+cells that A has (``--intersection`` compares only the shared ones) or when no cell is compared.
+A run still running or killed is read from its cells.jsonl and noted as partial. The summary is
+written as Markdown (default ``<RUN_B>/compare-<RUN_A id>.md``). Exit status: 1 with a regression
+or a failed gate, 0 without.
 """
 from __future__ import annotations
 
@@ -281,6 +284,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, thresholds: Thresholds | 
     only = lambda rows, other: pd.DataFrame([{**dict(zip(KEY, k)), "status": r.get("status")}  # noqa: E731
                                              for k, r in rows.items() if k not in other], columns=KEY + ["status"])
     notes = _config_notes(a_meta, b_meta)
+    notes += [f"run {name} is partial: {m['partial']}" for name, m in (("A", a_meta), ("B", b_meta)) if m.get("partial")]
     if not cells:
         notes.insert(0, "the runs have no cell in common (dataset, model, compressor, budget): nothing compared")
     return Comparison(a_dir, b_dir, a_meta, b_meta, t, frame, only(a_rows, b_rows), only(b_rows, a_rows), notes)
@@ -362,11 +366,24 @@ def summary_line(c: Comparison) -> str:
             f"only in A: {len(c.only_a)}, only in B: {len(c.only_b)}")
 
 
+def gate_failure(c: Comparison, intersection: bool = False) -> str | None:
+    """Why the gate fails although no compared cell regressed: nothing was compared, or B lacks
+    cells that A has (unless only the intersection is to be compared)."""
+    if not len(c.cells):
+        return "nothing compared: the runs share no cell (dataset, model, compressor, budget)"
+    if len(c.only_a) and not intersection:
+        return (f"run B lacks {len(c.only_a)} of A's {len(c.only_a) + len(c.cells)} cells "
+                "(--intersection compares only the cells both have)")
+    return None
+
+
 def run_compare(run_a: str, run_b: str, thresholds: Thresholds | None = None, out: Path | None = None,
-                echo: Callable[[str], None] = print) -> int:
-    """The command: print the comparison, write the Markdown summary; 1 with a regression, else 0."""
+                echo: Callable[[str], None] = print, intersection: bool = False) -> int:
+    """The command: print the comparison, write the Markdown summary; 1 with a regression, when
+    nothing was compared or when B lacks cells of A (unless ``intersection``), else 0."""
     c = compare_runs(run_a, run_b, thresholds)
-    text = to_markdown(c)
+    failure = gate_failure(c, intersection)
+    text = to_markdown(c) + (f"\n**Gate failed**: {failure}\n" if failure else "")
     out = Path(out) if out is not None else c.b_dir / f"compare-{c.a_meta.get('run_id', c.a_dir.name)}.md"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -375,4 +392,6 @@ def run_compare(run_a: str, run_b: str, thresholds: Thresholds | None = None, ou
         raise EmbpressError(f"cannot write the summary to {out}: {exc}") from None
     echo(text)
     echo(f"{summary_line(c)}\nsummary: {out}")
-    return 1 if len(c.regressions) else 0
+    if failure:
+        echo(f"gate failed: {failure}")
+    return 1 if len(c.regressions) or failure else 0

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import settings
 from .errors import EmbpressError
+from .validate import check_gold, check_qrels, check_unique
 
 DOWNLOAD_TIMEOUT_S = 20
 
@@ -434,6 +435,9 @@ def _load_npy(path: Path) -> np.ndarray:
         raise EmbpressError(f"{path} is not a readable .npy file ({exc})") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise EmbpressError(f"{path}: expected a 2-d float array, got {arr.dtype}{arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise EmbpressError(f"{path}: {arr.shape[0]} vectors of {arr.shape[1]} dimensions; "
+                            "at least one vector of at least one dimension is needed")
     arr = np.asarray(arr, dtype=np.float32) if arr.dtype != np.float32 else arr
     if not np.isfinite(arr).all():
         raise EmbpressError(f"{path} contains NaN or infinite values")
@@ -451,17 +455,23 @@ def load_vector_folder(name: str, *, seed: int = 0) -> VectorDataset:
         if not (len(a) == len(b) == len(scores)) or a.shape[1] != b.shape[1]:
             raise EmbpressError(f"{path}: sentences1 {a.shape}, sentences2 {b.shape} and scores "
                                 f"{scores.shape} do not line up")
+        check_gold(scores, f"{path}")
         return VectorDataset(path, "sts", {"sentences1": a, "sentences2": b}, scores=scores,
                              location=f"folder:{path}")
     corpus = _load_npy(path / "corpus.npy")
     corpus_ids = _read_ids(path / "corpus_ids.txt", len(corpus), "corpus")
+    check_unique(corpus_ids, "corpus", f"{path}/corpus_ids.txt")
     held_out = 0
     if (path / "queries.npy").is_file():
         queries = _load_npy(path / "queries.npy")
         if queries.shape[1] != corpus.shape[1]:
             raise EmbpressError(f"{path}: queries are {queries.shape[1]}-d, the corpus {corpus.shape[1]}-d")
         query_ids = _read_ids(path / "query_ids.txt", len(queries), "query")
+        check_unique(query_ids, "query", f"{path}/query_ids.txt")
     else:
+        if len(corpus) < 2:
+            raise EmbpressError(f"{path}: without queries.npy, queries are held out of the corpus, "
+                                f"which needs at least 2 vectors (has {len(corpus)})")
         held_out = min(HELD_OUT_QUERIES, max(1, len(corpus) // 10))
         pick = np.sort(np.random.default_rng(seed).choice(len(corpus), held_out, replace=False))
         keep = np.setdiff1d(np.arange(len(corpus)), pick)
@@ -476,9 +486,9 @@ def load_vector_folder(name: str, *, seed: int = 0) -> VectorDataset:
             for row in csv.reader(f, delimiter="\t"):
                 if len(row) >= 3 and row[2].strip().lstrip("-").isdigit():
                     qrels.setdefault(row[0].strip(), {})[row[1].strip()] = int(row[2])
-        known = set(query_ids)
-        if not set(qrels) <= known:
-            raise EmbpressError(f"{path}/qrels.tsv names queries that are not in query_ids.txt")
+        check_qrels(qrels, query_ids, corpus_ids, f"{path}/qrels.tsv")
+        if not any(r > 0 for judged in qrels.values() for r in judged.values()):
+            raise EmbpressError(f"{path}/qrels.tsv judges no document relevant (every score <= 0)")
     task = "retrieval" if qrels else "neighbours"
     if qrels:
         order = [i for i, q in enumerate(query_ids) if q in qrels]

@@ -37,6 +37,7 @@ from compressors import SpecError, get_stage_class, parse_spec
 from . import settings
 from .errors import EmbpressError
 from .protocol import DEFAULT_CALIBRATION
+from .validate import check_config
 
 
 @dataclass
@@ -116,15 +117,21 @@ def config_from_dict(raw: dict[str, Any], where: str) -> RunConfig:
         raise EmbpressError(f"{where}: [axes] must map field names to non-empty lists")
     if any(b <= 0 for b in raw.get("budgets", [])):
         raise EmbpressError(f"{where}: budgets must be positive byte counts")
-    return RunConfig(**raw)
+    config = RunConfig(**raw)
+    check_config(config, where)
+    return config
 
 
 def load_grid(name_or_path: str = "default") -> RunConfig:
     path = grid_path(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise EmbpressError(f"grid file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise EmbpressError(f"grid file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise EmbpressError(f"grid file {path} cannot be read ({exc.strerror or exc})") from None
     config = config_from_dict(raw, f"grid file {path}")
     config.grid = str(path)
     return config

@@ -123,7 +123,7 @@ def overhead_flag(bytes_per_vector: int, overhead_bytes: int, n_vectors: int) ->
     return None
 
 
-def out_of_sample(df) -> "pd.Series":
+def out_of_sample(df):
     """Rows whose quality holds on unseen vectors (oblivious, cross-fitted, external): what the
     report recommends from. A run from before the protocol existed has no ``protocol`` column; its
     rows are all taken (the report says they were fitted in-sample)."""

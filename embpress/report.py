@@ -370,7 +370,8 @@ def _cell(row: pd.Series, col: Column) -> tuple[str, str]:
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    # names reach Markdown viewers that render inline HTML: escape it, and the column separator
+    esc = lambda s: html.escape(str(s), quote=False).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     out = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(out) + "\n"
@@ -553,6 +554,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     # -- recommendations
     page.section("recommendations", "Recommendations")
     page.add(f'<p class="protocol">{e(protocol_text(df))}</p>')
+    if meta.get("partial"):
+        log.warning(f"warning: {run_dir} is a partial run ({meta['partial']})")
+        page.note(f"Partial run: {meta['partial']}. The figures show only the cells finished so far.")
     budgets = budgets_of(df, meta)
     best = best_per_budget(df[out_of_sample(df)], budgets) if budgets else pd.DataFrame()
     if ok.empty:

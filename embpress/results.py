@@ -108,9 +108,8 @@ class RunWriter:
         self.meta = meta
         self.meta.update(status="running", resumed=self.meta.get("resumed", 0) + 1)
         rows = self.rows()
-        tmp = self.cells_path.with_suffix(".jsonl.part")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(self.cells_path)
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write(self.cells_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self.write_meta()
         return self, run_config
 
@@ -118,9 +117,8 @@ class RunWriter:
         return {r["cell_id"] for r in self.rows() if r.get("cell_id")}
 
     def write_meta(self) -> None:
-        tmp = self.dir / "run.json.part"
-        tmp.write_text(json.dumps(self.meta, indent=2, default=str))
-        tmp.replace(self.dir / "run.json")
+        text = json.dumps(self.meta, indent=2, default=str)
+        atomic_write(self.dir / "run.json", lambda tmp: tmp.write_text(text))
 
     def add_cell(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, default=_jsonable) + "\n"
@@ -130,32 +128,68 @@ class RunWriter:
             os.fsync(f.fileno())
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.cells_path.is_file():
-            return []
-        rows, seen = [], set()
-        for line in self.cells_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a kill: that cell is simply not done
-            if row.get("cell_id") in seen:
-                continue
-            seen.add(row.get("cell_id"))
-            rows.append(row)
-        return rows
+        return read_cells(self.cells_path)
 
     def finish(self, status: str = "finished") -> pd.DataFrame:
-        rows = self.rows()
-        order = {c: i for i, c in enumerate(self.meta.get("order", []))}
-        rows.sort(key=lambda r: order.get(r.get("cell_id"), len(order)))
-        df = to_frame(rows)
-        df.to_parquet(self.dir / "results.parquet", index=False)
-        df.to_csv(self.dir / "results.csv", index=False)
+        """Write the table (each file atomically: complete or absent) and the final run.json."""
+        df = to_frame(_in_order(self.rows(), self.meta))
+        atomic_write(self.dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+        atomic_write(self.dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
         self.meta.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          seconds=round(time.time() - self.started, 2),
                          cells={s: int(n) for s, n in df["status"].value_counts().items()} if len(df) else {})
         self.write_meta()
         return df
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: readers see the old file or the new one, never a
+    torn one; on failure (disk full, read-only) the partial file is removed."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.part")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except OSError as exc:   # name the file meant, not the temporary (pyarrow names none)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """The rows of a cells.jsonl: a line torn by a kill is dropped (that cell is simply not done),
+    a cell written twice counts once."""
+    if not path.is_file():
+        return []
+    rows, seen = [], set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or row.get("cell_id") in seen:
+            continue
+        seen.add(row.get("cell_id"))
+        rows.append(row)
+    return rows
+
+
+def _in_order(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    order = {c: i for i, c in enumerate(meta.get("order") or [])}
+    return sorted(rows, key=lambda r: order.get(r.get("cell_id"), len(order)))
+
+
+def io_failure(exc: OSError, run_dir: Path):
+    """One line for a write that failed mid-run: the path, the reason, and what is kept."""
+    from .errors import EmbpressError
+    try:
+        kept = f"{len(read_cells(run_dir / 'cells.jsonl'))} finished cell(s) are kept in {run_dir / 'cells.jsonl'}"
+    except OSError:
+        kept = f"whatever was written is kept in {run_dir}"
+    return EmbpressError(f"cannot write {exc.filename or run_dir}: {exc.strerror or exc}; {kept} "
+                         f"(`embpress show` reads them, `embpress run --resume {run_dir}` continues)")
 
 
 def _jsonable(value: Any) -> Any:
@@ -175,11 +209,33 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's table and run.json. A finished run is read from results.parquet; a run that is still
+    running, was killed, or whose table is missing or unreadable is read from cells.jsonl, and
+    ``meta["partial"]`` says so (one line for the user)."""
+    from .errors import EmbpressError
     path = Path(path)
-    meta = json.loads((path / "run.json").read_text())
-    if (path / "results.parquet").is_file():
-        return pd.read_parquet(path / "results.parquet"), meta
-    return to_frame([json.loads(l) for l in (path / "cells.jsonl").read_text().splitlines() if l.strip()]), meta
+    try:
+        meta = json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EmbpressError(f"{path} is not a readable run folder (run.json: {exc})") from None
+    if not isinstance(meta, dict):
+        raise EmbpressError(f"{path} is not a readable run folder (run.json is not an object)")
+    status, why = meta.get("status"), None
+    table = path / "results.parquet"
+    if status == "running" or not table.is_file():
+        why = f"the run is {status}" if status == "running" else "it has no results.parquet"
+    else:
+        try:
+            df = pd.read_parquet(table)
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign parquet: fall back to the cells
+            why = f"results.parquet is unreadable ({type(exc).__name__})"
+    if why is None:
+        if status != "finished":
+            meta["partial"] = f"the run is {status}: {len(df)} cells"
+        return df, meta
+    rows = read_cells(path / "cells.jsonl")
+    meta["partial"] = f"{why}: {len(rows)} finished cells read from cells.jsonl"
+    return to_frame(_in_order(rows, meta)), meta
 
 
 def format_table(df: pd.DataFrame) -> str:

@@ -30,7 +30,8 @@ from .errors import EmbpressError
 from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
 from .models import model_info, resolve_model
 from .protocol import parse_calibration
-from .results import RunWriter, format_table, new_run_dir
+from .results import RunWriter, format_table, io_failure, new_run_dir
+from .validate import check_config, check_int
 
 log = logging.getLogger("embpress")
 
@@ -46,8 +47,11 @@ class Plan:
 
 def plan(config: RunConfig) -> Plan:
     """Check everything a run needs before it starts; raises EmbpressError/SpecError (one line)."""
+    check_config(config)
     for name in config.datasets:
-        if not is_vector_folder(name):
+        if is_vector_folder(name):
+            load_vector_folder(name)      # its ids, qrels and scores are checked before any work
+        else:
             load_card(name)
     entries = [resolve_model(m) for m in config.models]
     for spec in config.compressors:
@@ -215,16 +219,9 @@ def _infeasible_task(model: str, dataset: str, task: str, cell: CellSpec) -> _In
 def _iter_results(tasks: list[CellTask], executor: str, workers: int, threads: int,
                   scheduler: str | None) -> Iterable[tuple[CellTask, tuple[dict, dict]]]:
     if executor == "dask":
-        try:
-            from distributed import Client, as_completed
-        except ImportError:
-            raise EmbpressError("the dask executor needs the 'distributed' package (pip install distributed)") from None
-        if not scheduler:
-            raise EmbpressError("--executor dask needs --scheduler tcp://HOST:PORT")
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise EmbpressError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+        from .scheduler import connect
+        client = connect(scheduler)
+        from distributed import as_completed
         try:
             futures = {client.submit(run_cell, replace(t, threads=threads or 1), pure=False, key=f"cell-{t.cell_id}"): t
                        for t in tasks}
@@ -285,8 +282,10 @@ def _echo_cell(echo, row: dict[str, Any]) -> None:
     if row["status"] != "ok":
         echo(f"  {row['dataset']} {row['compressor']}: {row['status']}: {row.get('error')}")
         return
+    retained = row.get("retained_pct")
     echo(f"  {row['dataset']:<12} {row['compressor']:<22} {row['bytes_per_vector']:>6} B/vec  "
-         f"{row['main_metric']}={row['quality']:.2f}  retained {row['retained_pct']:.1f}%"
+         f"{row['main_metric']}={row['quality']:.2f}  retained "
+         + (f"{retained:.1f}%" if retained is not None else "- (the float32 baseline is 0)")
          + ("  (fit cached)" if row.get("fit_cached") else ""))
 
 
@@ -299,8 +298,11 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
     echo = echo or (lambda msg: log.info(msg))
     if executor not in EXECUTORS:
         raise EmbpressError(f"unknown executor {executor!r} (one of: {', '.join(EXECUTORS)})")
-    if workers < 1:
-        raise EmbpressError(f"workers must be at least 1, got {workers}")
+    check_int("workers", workers, 1)
+    if executor == "dask":
+        from .scheduler import check_address
+        check_address(scheduler)
+    check_int("threads", threads, 0)
     if resume is not None:
         writer, config = RunWriter.reopen(resume)
     else:
@@ -329,14 +331,25 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
         writer.meta["error"] = str(exc)
         status = "failed"
         raise
+    except OSError as exc:     # disk full, read-only, permissions: one line, finished cells kept
+        writer.meta["error"] = str(exc)
+        status = "failed"
+        raise io_failure(exc, writer.dir) from None
     finally:
         writer.meta["wall_s"] = round(time.perf_counter() - t0, 3)
-        df = writer.finish(status)
+        df = _finish(writer, status)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     echo("cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for _, r in df[df.status == "failed"].iterrows():
         echo(f"  failed: {r.dataset} {r.compressor}: {r.error}")
     return df, writer.dir
+
+
+def _finish(writer: RunWriter, status: str) -> pd.DataFrame:
+    try:
+        return writer.finish(status)
+    except OSError as exc:
+        raise io_failure(exc, writer.dir) from None
 
 
 def run_table(df: pd.DataFrame) -> str:

@@ -89,7 +89,10 @@ def test_bootstrap_and_tolerance_are_separate_criteria(runs):
     flagged = set(by_interval.regressions["compressor"])
     # with an unreachable tolerance, exactly the cells whose interval lies below zero remain flagged
     assert flagged == set(rows.index[rows["ci_high"] < 0]) and "PQ8x8" in flagged
-    assert main(["compare", str(a), str(degraded), "--no-speed", "--quality-tol", "100", "--bootstrap", "0"]) == 0
+    # (the degraded run lacks A's F16 cell: only the shared cells are judged here)
+    args = ["compare", str(a), str(degraded), "--no-speed", "--quality-tol", "100", "--bootstrap", "0"]
+    assert main(args + ["--intersection"]) == 0
+    assert main(args) == 1                                         # B lacking a cell of A fails the gate
 
 
 def test_speed_regression(runs, tmp_path):

@@ -62,7 +62,6 @@ def test_folds_are_stable_balanced_and_seeded():
 def test_merge_is_the_topk_by_score_over_all_folds():
     rng = np.random.default_rng(1)
     scores = rng.standard_normal((7, 60)).round(1)       # rounded: many ties
-    ids = np.tile(np.arange(60), (7, 1))
     parts = []
     for f in range(3):
         cols = np.arange(f, 60, 3)
