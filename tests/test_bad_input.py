@@ -85,8 +85,9 @@ CASES = {
     "k negative": (lambda t: ["run", "--k", "-3"], "k must be"),
     "workers zero": (lambda t: ["run", "-j", "0"], "workers must be"),
     "threads negative": (lambda t: ["run", "--threads", "-1"], "threads must be"),
-    "calibration sample 0": (lambda t: ["run", "--calibration", "sample:0"], "must be corpus, sample:N"),
-    "calibration unknown": (lambda t: ["run", "--calibration", "bogus"], "must be corpus, sample:N"),
+    "calibration sample 0": (lambda t: ["run", "--calibration", "sample:0"], "sample:N needs a whole number N >= 1"),
+    "calibration unknown": (lambda t: ["run", "--calibration", "bogus"], "must be crossfit[:K], sample:N, corpus"),
+    "calibration one fold": (lambda t: ["run", "--calibration", "crossfit:1"], "crossfit:K needs 2 <= K <= 20"),
     "calibration missing file": (lambda t: [*C, "--calibration", f"file:{t}/none.npy"], "not a readable .npy"),
     # names and specs
     "unknown dataset": (lambda t: ["run", "-d", "nosuch"], "unknown dataset 'nosuch'"),
