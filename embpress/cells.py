@@ -24,6 +24,7 @@ from compressors.base import cosine_rows, knn_inner_product
 
 from . import settings
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
+from .speed import measure_search
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,9 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     row["n_vectors"] = len(stored)
     if retrieval:
         Q = ctx.vectors["queries"]
-        t0 = time.perf_counter()
-        _, ids = pipe.search(codes, Q, task.k)
-        row["search_s"] = time.perf_counter() - t0
-        row["search_qps"] = len(Q) / max(row["search_s"], 1e-9)
+        speed = measure_search(pipe, codes, Q, task.k)     # build, batch, single-query latency, memory
+        _, ids = speed.pop("results")
+        row.update(speed)
         row["n_queries"] = len(Q)
         per_query["top10"] = ids[:, :10].astype(np.int32)
         t0 = time.perf_counter()
