@@ -58,4 +58,5 @@ class RandomProjectionLSH(FaissCodec):
 
     def searcher(self, codes):
         """FAISS's ``IndexBinaryFlat`` over the codes; queries are binarised by ``encode``."""
-        return HammingSearcher(codes, self.encode, self.nbits, self.overhead_bytes)
+        encoder = self._chain(self.index_)                # built once, not per query
+        return HammingSearcher(codes, encoder.sa_encode, self.nbits, self.overhead_bytes)

@@ -21,6 +21,7 @@ Kernels (measured on this machine, 200,000 x 384 vectors, top-100, one thread; s
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import faiss
@@ -68,7 +69,9 @@ def gemm_topk(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     """Top-k inner products by torch's matrix product and ``topk``, queries in blocks of at most
     ``GEMM_BLOCK_FLOATS`` scores; ``X`` is read in place."""
     torch = _torch_threads()
-    Xt = torch.from_numpy(X)
+    with warnings.catch_warnings():       # a read-only (memory-mapped) corpus is only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        Xt = torch.from_numpy(X)
     scores = np.empty((len(Q), k), np.float32)
     ids = np.empty((len(Q), k), np.int64)
     step = max(1, GEMM_BLOCK_FLOATS // max(1, len(X)))
