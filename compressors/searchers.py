@@ -69,15 +69,15 @@ def gemm_topk(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     """Top-k inner products by torch's matrix product and ``topk``, queries in blocks of at most
     ``GEMM_BLOCK_FLOATS`` scores; ``X`` is read in place."""
     torch = _torch_threads()
-    with warnings.catch_warnings():       # a read-only (memory-mapped) corpus is only read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        Xt = torch.from_numpy(X)
     scores = np.empty((len(Q), k), np.float32)
     ids = np.empty((len(Q), k), np.int64)
     step = max(1, GEMM_BLOCK_FLOATS // max(1, len(X)))
-    for s in range(0, len(Q), step):
-        v, i = torch.topk(torch.from_numpy(Q[s:s + step]) @ Xt.T, k, dim=1)
-        scores[s:s + step], ids[s:s + step] = v.numpy(), i.numpy()
+    with warnings.catch_warnings():       # read-only (memory-mapped) corpus or queries: only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        Xt = torch.from_numpy(X)
+        for s in range(0, len(Q), step):
+            v, i = torch.topk(torch.from_numpy(Q[s:s + step]) @ Xt.T, k, dim=1)
+            scores[s:s + step], ids[s:s + step] = v.numpy(), i.numpy()
     return scores, ids
 
 
