@@ -23,6 +23,9 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from .searchers import (CallSearcher, DecodeFlatSearcher, FaissSearcher, PipelineSearcher,
+                        filled_faiss_index)
+
 
 class SpecError(ValueError):
     """A spec string, parameter or chain that cannot work; the message is one readable line."""
@@ -195,7 +198,6 @@ class Codec(Stage):
         Default: the corpus decoded to float32 and searched exactly (``decode+flat``). Codecs with
         a compressed-domain kernel (FAISS's scalar-quantizer, Hamming, look-up-table indexes)
         override this; a codec that overrides only ``search`` is called through it."""
-        from .searchers import CallSearcher, DecodeFlatSearcher
         if type(self).search is not Codec.search:
             return CallSearcher(self, codes)
         return DecodeFlatSearcher(self.decode(codes))
@@ -203,7 +205,6 @@ class Codec(Stage):
     def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product of float queries against the stored codes: (scores, ids)."""
         if type(self).searcher is Codec.searcher:      # no kernel of its own (or a subclass's super())
-            from .searchers import DecodeFlatSearcher
             return DecodeFlatSearcher(self.decode(codes)).search(Q, k)
         return self.searcher(codes).search(Q, k)
 
@@ -250,18 +251,6 @@ def knn_inner_product(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray,
     return scores, ids
 
 
-def hamming_knn(codes: np.ndarray, query_codes: np.ndarray, k: int, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by Hamming distance between packed bit codes (FAISS's ``IndexBinaryFlat``).
-
-    Scores are the cosine of the ±1 vectors, ``1 - 2·hamming/nbits`` (``nbits``: the meaningful
-    bits per code; padding bits are zero on both sides and never differ)."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(codes)
-    hamming, ids = index.search(np.ascontiguousarray(query_codes, dtype=np.uint8), min(k, codes.shape[0]))
-    return 1.0 - 2.0 * hamming.astype(np.float32) / nbits, ids
-
-
 #: FAISS's k-means asks for at least this many training points per centroid.
 FAISS_MIN_POINTS_PER_CENTROID = 39
 
@@ -302,7 +291,6 @@ class FaissCodec(Codec):
     kernel_name = ""
 
     def searcher(self, codes):
-        from .searchers import FaissSearcher, filled_faiss_index
         index = filled_faiss_index(self.index_, codes)   # trained clone: only codebooks are copied
         searcher = FaissSearcher(self._chain(index), self.kernel_name or type(index).__name__, self.overhead_bytes)
         searcher.filled = index                          # the chain does not own it: keep it alive
@@ -496,7 +484,6 @@ class Pipeline:
         """The codes made searchable once (the filled index); ``.search(Q, k)`` takes raw queries
         (the transforms are applied to them), ``.kernel`` names the kernel, ``.nbytes`` counts
         what is searched (codes, codebooks, index structures, the query transforms' matrices)."""
-        from .searchers import PipelineSearcher
         return PipelineSearcher(self, self.codec.searcher(codes))
 
     def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
