@@ -44,10 +44,13 @@ from embpress.results import machine_info
 
 from compressors import parse_spec
 from compressors.base import ENCODE_BLOCK_ROWS, FaissCodec, as_float32_matrix, config_context
+from compressors.searchers import GEMM_MIN_QUERIES
 
-DEFAULT_SPECS = ["F32", "F16", "BF16", "SQ8", "SQ4", "BIN", "PCA128", "PCA128,SQ8", "ROT,SQ4", "RP128,SQ8",
-                 "PQ16x8", "OPQ16,PQ16x8", "RQ8x8", "RABITQ", "ITQ256", "LSH256"]
+DEFAULT_SPECS = ["F32", "F16", "BF16", "SQ8", "SQ4", "SQ8:score=raw", "BIN", "PCA128", "PCA128,SQ8", "ROT,SQ4",
+                 "RP128,SQ8", "PQ16x8", "PQ48x8", "PQ96x4", "PQ96x4fs", "OPQ16,PQ16x8", "PCA192,PQ96x4fs", "RQ8x8",
+                 "RQ16x8", "LSQ8x8:train_iters=5:encode_ils_iters=4", "RABITQ", "ITQ256", "LSH256", "SQ2"]
 IP = faiss.METRIC_INNER_PRODUCT
+OPS = ("encode", "decode", "search", "single")
 
 
 # ----------------------------------------------------------------------------- data
@@ -95,18 +98,14 @@ def raw_transform(t):
 
 
 def raw_codec(c, codes: np.ndarray, k: int):
-    """(encode, decode, search(Q)) as the bare numpy / FAISS calls; search indexes are built here,
-    outside the timing, already holding the codes."""
+    """(encode, decode, search(Q)) as the bare numpy / FAISS calls; search is the raw call of the
+    kernel the codec's searcher names (``raw_search``), None for ``decode+flat`` codecs."""
     name = type(c).__name__
-    n = codes.shape[0]
+    search = raw_search(c, codes, k)
     if name == "Float32":
-        X = codes.view(np.float32)
-        return (lambda X: X.view(np.uint8).copy()), (lambda C: C.view(np.float32)), \
-            (lambda Q: faiss.knn(Q, X, k, metric=IP))
+        return (lambda X: X.view(np.uint8).copy()), (lambda C: C.view(np.float32)), search
     if name == "Float16":
-        def dec(C):
-            return C.view(np.float16).astype(np.float32)
-        return (lambda X: X.astype(np.float16).view(np.uint8)), dec, (lambda Q: faiss.knn(Q, dec(codes), k, metric=IP))
+        return (lambda X: X.astype(np.float16).view(np.uint8)), (lambda C: C.view(np.float16).astype(np.float32)), search
     if name == "ScalarQuantizer" and c.bits == 8 and c.score == "dequant":
         start, step = c.start_, c.step_
         # a dimension constant on the calibration data decodes to its constant
@@ -118,30 +117,81 @@ def raw_codec(c, codes: np.ndarray, k: int):
             Z *= dstep
             Z += start
             return Z
-        return (lambda X: np.clip(np.floor((X - start) / step), 0, 255).astype(np.uint8)), dec, \
-            (lambda Q: faiss.knn(Q, dec(codes), k, metric=IP))
+        return (lambda X: np.clip(np.floor((X - start) / step), 0, 255).astype(np.uint8)), dec, search
     if name == "Binary" and c.get_params() == type(c)().get_params():
         d = c.dim_
+        return (lambda X: np.packbits(X > 0, axis=1)), \
+            (lambda C: (np.unpackbits(C, axis=1)[:, :d].astype(np.float32) * 2 - 1) / np.float32(np.sqrt(d))), search
+    if name in ("ITQ", "RandomProjectionLSH"):
+        encoder = c.index_ if c.pretransform_ is None else faiss.IndexPreTransform(c.pretransform_, c.index_)
+        return encoder.sa_encode, c.decode, search
+    if isinstance(c, FaissCodec):
+        codec = c.index_ if c.pretransform_ is None else faiss.IndexPreTransform(c.pretransform_, c.index_)
+        return codec.sa_encode, codec.sa_decode, search
+    return c.encode, c.decode, search
+
+
+def raw_flat(X: np.ndarray, k: int):
+    """float32 search as the two raw calls it is made of: FAISS's scan under 8 queries, else
+    torch's matrix product and topk in one piece."""
+    import torch
+    Xt = torch.from_numpy(X)
+
+    def search(Q):
+        if len(Q) < GEMM_MIN_QUERIES:
+            return faiss.knn(Q, X, k, metric=IP)
+        v, i = torch.topk(torch.from_numpy(Q) @ Xt.T, k, dim=1)
+        return v.numpy(), i.numpy()
+    return search
+
+
+def raw_sq_index(d: int, qtype: int, codes: np.ndarray, trained: np.ndarray | None = None):
+    index = faiss.IndexScalarQuantizer(d, qtype, IP)
+    if trained is not None:
+        faiss.copy_array_to_vector(trained.astype(np.float32), index.sq.trained)
+    index.is_trained = True
+    index.add_sa_codes(codes)
+    return index
+
+
+def raw_search(c, codes: np.ndarray, k: int):
+    """The search of the raw index named in the codec's ``search_kernel``, filled here (outside
+    the timing) from the same codes; None where the searcher has no raw counterpart
+    (``decode+flat``, rescoring)."""
+    name, n = type(c).__name__, codes.shape[0]
+    SQ = faiss.ScalarQuantizer
+    if name == "Float32":
+        return raw_flat(codes.view(np.float32), k)
+    if name in ("Float16", "BFloat16"):
+        index = raw_sq_index(codes.shape[1] // 2, SQ.QT_fp16 if name == "Float16" else SQ.QT_bf16, codes)
+        return lambda Q: index.search(Q, k)
+    if name == "ScalarQuantizer" and c.bits in (4, 8):
+        if c.score == "raw":
+            index = raw_sq_index(c.dim_, SQ.QT_8bit_direct_signed, codes)
+            start, step = c.start_, c.step_
+            return lambda Q: index.search(np.clip(np.floor((Q - start) / step), 0, 255).astype(np.float32) - 128, k)
+        vdiff = np.where(c.ranges_[1] == c.ranges_[0], 0, c.step_ * (c.levels - 1))
+        index = raw_sq_index(c.dim_, SQ.QT_8bit if c.bits == 8 else SQ.QT_4bit, codes,
+                             np.concatenate([c.start_, vdiff]))
+        return lambda Q: index.search(Q, k)
+    if name == "Binary" and c.get_params() == type(c)().get_params():
         index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
         index.add(codes)
-        return (lambda X: np.packbits(X > 0, axis=1)), \
-            (lambda C: (np.unpackbits(C, axis=1)[:, :d].astype(np.float32) * 2 - 1) / np.float32(np.sqrt(d))), \
-            (lambda Q: index.search(np.packbits(Q > 0, axis=1), k))
+        return lambda Q: index.search(np.packbits(Q > 0, axis=1), k)
     if name in ("ITQ", "RandomProjectionLSH"):
         encoder = c.index_ if c.pretransform_ is None else faiss.IndexPreTransform(c.pretransform_, c.index_)
         index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
         index.add(codes)
-        return encoder.sa_encode, c.decode, (lambda Q: index.search(encoder.sa_encode(Q), k))
+        return lambda Q: index.search(encoder.sa_encode(Q), k)
     if isinstance(c, FaissCodec):
         filled = faiss.clone_index(c.index_)
         filled.add_sa_codes(codes)
+        if name == "ProductQuantizerFastScan":
+            filled = faiss.IndexPQFastScan(filled, 32)
         if c.pretransform_ is not None:                # FAISS's own chain: IndexPreTransform
-            codec = faiss.IndexPreTransform(c.pretransform_, c.index_)
             filled = faiss.IndexPreTransform(c.pretransform_, filled)
-        else:
-            codec = c.index_
-        return codec.sa_encode, codec.sa_decode, (lambda Q: filled.search(Q, min(k, n)))
-    return c.encode, c.decode, (lambda Q: c.search(codes, Q, k))
+        return lambda Q: filled.search(Q, min(k, n))
+    return None
 
 
 def raw_pipeline(pipe, codes: np.ndarray, k: int):
@@ -163,7 +213,7 @@ def raw_pipeline(pipe, codes: np.ndarray, k: int):
         for _, q, _ in ts:
             Q = q(Q)
         return search(Q)
-    return encode, decode, search_q
+    return encode, decode, (search_q if search is not None else None)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -199,7 +249,16 @@ def check_same(spec: str, wrapped, raw, what: str) -> str:
     return "" if np.allclose(wrapped, raw, atol=1e-5) else f"{spec}: decoded vectors differ from the raw call"
 
 
-def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, repeat: int) -> tuple[dict, list[str]]:
+def one_by_one(search):
+    """Single-query serving: each query on its own call (the loop is timed on both sides alike)."""
+    def run(Q):
+        for i in range(len(Q)):
+            search(Q[i:i + 1])
+    return run
+
+
+def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, repeat: int,
+          which: tuple[str, ...] = OPS) -> tuple[dict, list[str]]:
     pipe = parse_spec(spec)
     t0 = time.perf_counter()
     pipe.fit(Xtrain)
@@ -207,17 +266,24 @@ def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, r
            "n_train": pipe.n_train or 0}
     codes = pipe.encode(X)
     enc, dec, srch = raw_pipeline(pipe, codes, k)
+    searcher = pipe.searcher(codes)                  # built once, for the single-query rounds
+    row["kernel"] = searcher.kernel
     notes = [check_same(spec, pipe.encode(X[:2000]), enc(X[:2000]), "encode"),
-             check_same(spec, pipe.decode(codes[:2000]), dec(codes[:2000]), "decode"),
-             check_same(spec, pipe.search(codes, Q[:100], k), srch(Q[:100]), "search")]
+             check_same(spec, pipe.decode(codes[:2000]), dec(codes[:2000]), "decode")]
+    if srch is not None:
+        notes.append(check_same(spec, pipe.search(codes, Q[:100], k), srch(Q[:100]), "search"))
+
     def encode_as_grid(X_):
         with config_context(assume_finite=True):      # as the grid runs it: inputs checked once at load
             return pipe.encode(X_)
 
     ops = {"encode": ((encode_as_grid, X), (enc, X), len(X)),
            "checked": ((pipe.encode, X), (enc, X), len(X)),   # the library default: NaN/inf scan per call
-           "decode": ((pipe.decode, codes), (dec, codes), len(codes)),
-           "search": ((lambda Q_: pipe.search(codes, Q_, k), Q), (srch, Q), len(Q))}
+           "decode": ((pipe.decode, codes), (dec, codes), len(codes))}
+    if srch is not None:       # the harness builds its searcher inside the timing; the raw index is prefilled
+        ops["search"] = ((lambda Q_: pipe.search(codes, Q_, k), Q), (srch, Q), len(Q))
+        ops["single"] = ((one_by_one(lambda q: searcher.search(q, k)), Q), (one_by_one(srch), Q), len(Q))
+    ops = {op: v for op, v in ops.items() if op in which}
     times = {(op, side): [] for op in ops for side in ("wrap", "raw")}
     for r in range(repeat):
         for op, (wrapped, raw, _) in ops.items():
@@ -226,8 +292,9 @@ def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, r
                 # untimed settling call before every timed one: how fast a large allocation is
                 # depends on what the previous call freed (huge-page compaction stalls up to 0.7 s
                 # for 150 MB measured here, and consecutive calls alternating slow/fast), so each
-                # timed call starts from the same state
-                clock(*raw)
+                # timed call starts from the same state (not needed by the single-query loops)
+                if op != "single":
+                    clock(*raw)
                 times[(op, side)].append(clock(fn, arg))
     for op, (_, _, count) in ops.items():
         w, r_ = statistics.median(times[(op, "wrap")]), statistics.median(times[(op, "raw")])
@@ -235,6 +302,25 @@ def bench(spec: str, X: np.ndarray, Xtrain: np.ndarray, Q: np.ndarray, k: int, r
         row[f"{op}_tiny"] = r_ < 1e-3          # e.g. F32 decode: a zero-copy view, microseconds
     return row, [n for n in notes if n]
 
+
+def print_table(rows: list[dict], which: tuple[str, ...]) -> None:
+    label = {"encode": "encode v/s", "decode": "decode v/s", "search": "search q/s", "single": "1-query q/s"}
+    shown = [op for op in ("encode", "decode", "search", "single") if op in which]
+    head = f"{'spec':<16} {'B/vec':>5} {'kernel':<40} {'fit s':>7}"
+    for op in shown:
+        head += f" | {label[op]:>11} {'raw':>10} {'ovh%':>6}" + (f" {'+scan%':>6}" if op == "encode" else "")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        line = f"{r['spec']:<16} {r['bytes']:>5} {r['kernel']:<40} {r['fit_s']:>7.1f}"
+        for op in shown:
+            if f"{op}_wrap" not in r:
+                line += f" | {'(no raw)':>11} {'':>10} {'':>6}"
+                continue
+            line += (f" | {r[f'{op}_wrap']:>11,.1f} {r[f'{op}_raw']:>10,.1f} "
+                     + (f"{'<1ms':>6}" if r[f"{op}_tiny"] else f"{r[f'{op}_ovh']:>+6.1f}")
+                     + (f" {r['checked_ovh']:>+6.1f}" if op == "encode" and "checked_ovh" in r else ""))
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,12 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="auto", help="auto (real embeddings if cached), random, or an .npy path")
     p.add_argument("--threads", type=int, default=None, help="FAISS/OpenMP threads (default: FAISS's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS,
+                   help="operations to time (default: all; e.g. --ops search single)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's allocator as it is (default: keep freed memory, see keep_freed_memory)")
     args = p.parse_args(argv)
+    which = tuple(args.ops) + (("checked",) if "encode" in args.ops else ())
     kept = not args.default_malloc and keep_freed_memory()
     if args.threads:
-        faiss.omp_set_num_threads(args.threads)
+        from threadpoolctl import threadpool_limits
+        faiss.omp_set_num_threads(args.threads)          # FAISS (and torch, which follows it)
+        threadpool_limits(args.threads)                  # BLAS (the query transforms' products)
 
     X, Q, described = make_data(args.data, args.n, args.queries, args.dims, args.seed)
     Xtrain = X[: args.n_train] if args.n_train else X
@@ -266,22 +357,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, notes = [], []
     for spec in args.specs:
-        row, n = bench(spec, X, Xtrain, Q, args.k, args.repeat)
+        row, n = bench(spec, X, Xtrain, Q, args.k, args.repeat, which)
         rows.append(row)
         notes += n
         print(f"  {spec}: fit {row['fit_s']:.1f} s", file=sys.stderr, flush=True)
 
-    head = (f"{'spec':<14} {'B/vec':>5} {'fit s':>7} | {'encode v/s':>10} {'raw':>10} {'ovh%':>6} {'+scan%':>6} | "
-            f"{'decode v/s':>10} {'raw':>10} {'ovh%':>6} | {'search q/s':>10} {'raw':>10} {'ovh%':>6}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        cells = [f"{r[f'{op}_wrap']:>10,.0f} {r[f'{op}_raw']:>10,.0f} "
-                 + (f"{'<1ms':>6}" if r[f"{op}_tiny"] else f"{r[f'{op}_ovh']:>+6.1f}")
-                 + (f" {r['checked_ovh']:>+6.1f}" if op == "encode" else "")
-                 for op in ("encode", "decode", "search")]
-        print(f"{r['spec']:<14} {r['bytes']:>5} {r['fit_s']:>7.1f} | " + " | ".join(cells))
+    print_table(rows, which)
     check = statistics.median(clock(as_float32_matrix, X) for _ in range(args.repeat))
+    print("search: the harness's Pipeline.search, which builds its searcher from the codes in the timing, against "
+          "the raw index its kernel names, filled outside the timing; 1-query: one call per query (harness: "
+          "the searcher built once); (no raw): decode+flat or rescoring, no raw counterpart")
     print("encode ovh%: Pipeline.encode as the grid runs it (config_context(assume_finite=True): the grid "
           "checks its vectors for NaN/inf once, where they enter); +scan%: the library's default, which scans "
           f"every call, block by block ({ENCODE_BLOCK_ROWS} rows, while each block is in the CPU cache)")

@@ -23,6 +23,9 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from .searchers import (CallSearcher, DecodeFlatSearcher, FaissSearcher, PipelineSearcher,
+                        filled_faiss_index)
+
 
 class SpecError(ValueError):
     """A spec string, parameter or chain that cannot work; the message is one readable line."""
@@ -205,13 +208,22 @@ class Codec(Stage):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product of float queries against the stored codes.
+    def searcher(self, codes: np.ndarray):
+        """The codes made searchable, once (a :class:`compressors.searchers.Searcher`: the filled
+        index, ``search(Q, k)``, ``kernel``, ``nbytes``).
 
-        Default: decode, then exact inner-product search. Codecs with a compressed-domain
-        scorer (Hamming, asymmetric distance tables) override this.
-        """
-        return knn_inner_product(Q, self.decode(codes), k)
+        Default: the corpus decoded to float32 and searched exactly (``decode+flat``). Codecs with
+        a compressed-domain kernel (FAISS's scalar-quantizer, Hamming, look-up-table indexes)
+        override this; a codec that overrides only ``search`` is called through it."""
+        if type(self).search is not Codec.search:
+            return CallSearcher(self, codes)
+        return DecodeFlatSearcher(self.decode(codes))
+
+    def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product of float queries against the stored codes: (scores, ids)."""
+        if type(self).searcher is Codec.searcher:      # no kernel of its own (or a subclass's super())
+            return DecodeFlatSearcher(self.decode(codes)).search(Q, k)
+        return self.searcher(codes).search(Q, k)
 
 
 class _FaissBlob:
@@ -256,18 +268,6 @@ def knn_inner_product(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray,
     return scores, ids
 
 
-def hamming_knn(codes: np.ndarray, query_codes: np.ndarray, k: int, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by Hamming distance between packed bit codes (FAISS's ``IndexBinaryFlat``).
-
-    Scores are the cosine of the ±1 vectors, ``1 - 2·hamming/nbits`` (``nbits``: the meaningful
-    bits per code; padding bits are zero on both sides and never differ)."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(codes)
-    hamming, ids = index.search(np.ascontiguousarray(query_codes, dtype=np.uint8), min(k, codes.shape[0]))
-    return 1.0 - 2.0 * hamming.astype(np.float32) / nbits, ids
-
-
 #: FAISS's k-means asks for at least this many training points per centroid.
 FAISS_MIN_POINTS_PER_CENTROID = 39
 
@@ -286,7 +286,8 @@ def kmeans_warnings(n: int, k: int) -> list[str]:
 class FaissCodec(Codec):
     """A codec whose fitted state is a trained FAISS index ``index_``, used through FAISS's
     standalone-codec API: codes straight from ``sa_encode``, ``sa_decode`` to decode, and search
-    by an empty clone of the trained index that takes the stored codes (``add_sa_codes``).
+    by an empty clone of the trained index that takes the stored codes (``add_sa_codes``), built
+    once per set of codes (``searcher``).
 
     ``pretransform_`` (optional) is a FAISS ``VectorTransform`` applied first (e.g. a random
     rotation): encoding and decoding then go through FAISS's ``IndexPreTransform``, and search
@@ -303,11 +304,14 @@ class FaissCodec(Codec):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return self._chain(self.index_).sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))
 
-    def search(self, codes, Q, k):
-        codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        index = faiss.clone_index(self.index_)   # trained, holds no vectors: only codebooks are copied
-        index.add_sa_codes(codes)
-        return self._chain(index).search(np.ascontiguousarray(Q, dtype=np.float32), min(k, codes.shape[0]))
+    #: The ``search_kernel`` name of the filled index (default: its FAISS class name).
+    kernel_name = ""
+
+    def searcher(self, codes):
+        index = filled_faiss_index(self.index_, codes)   # trained clone: only codebooks are copied
+        searcher = FaissSearcher(self._chain(index), self.kernel_name or type(index).__name__, self.overhead_bytes)
+        searcher.filled = index                          # the chain does not own it: keep it alive
+        return searcher
 
 
 def index_dtype(dim: int, what: str) -> np.dtype:
@@ -493,8 +497,15 @@ class Pipeline:
             Q = t.transform_query(Q)
         return Q
 
+    def searcher(self, codes: np.ndarray):
+        """The codes made searchable once (the filled index); ``.search(Q, k)`` takes raw queries
+        (the transforms are applied to them), ``.kernel`` names the kernel, ``.nbytes`` counts
+        what is searched (codes, codebooks, index structures, the query transforms' matrices)."""
+        return PipelineSearcher(self, self.codec.searcher(codes))
+
     def search(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.codec.search(codes, self.transform_query(Q), k)
+        """Top-k of each query (higher scores are better): ``searcher(codes).search(Q, k)``."""
+        return self.searcher(codes).search(Q, k)
 
     def query_offset(self, Q: np.ndarray) -> np.ndarray:
         """Sum of the per-query constants the transforms leave out of the search scores."""

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Codec, SpecError, hamming_knn, knn_inner_product
+from .base import Codec, SpecError
 from .float import Float32
 from .registry import register
 from .scalar import ScalarQuantizer
+from .searchers import DecodeFlatSearcher, HammingSearcher, Searcher
 
 _THRESHOLDS = ("zero", "median")
 _SCORES = ("hamming", "asym")
@@ -124,27 +125,47 @@ class Binary(Codec):
             return self.copy_.decode(np.asarray(codes, dtype=np.uint8)[:, self._bit_bytes:])
         return self.signs(codes)
 
-    def _search_bits(self, codes: np.ndarray, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _bit_searcher(self, codes: np.ndarray) -> Searcher:
         if self.score == "asym":
-            return knn_inner_product(Q, self.signs(codes), k)
+            return DecodeFlatSearcher(self.signs(codes))
         bits = np.asarray(codes, dtype=np.uint8)[:, : self._bit_bytes]
-        return hamming_knn(bits, self.binarize(Q), k, self.dim_)
+        medians = 0 if self.thresholds_ is None else self.thresholds_.nbytes
+        return HammingSearcher(bits, self.binarize, self.dim_, medians)
 
-    def search(self, codes, Q, k):
-        if self.copy_ is None:
-            return self._search_bits(codes, Q, k)
-        codes = np.asarray(codes, dtype=np.uint8)
+    def searcher(self, codes):
+        """Hamming search (FAISS's ``IndexBinaryFlat`` over the bits), or for ``score=asym`` the
+        float query against the decoded signs (``decode+flat``); with a rescoring copy, the
+        candidates are re-ranked by the copy (``+rescore``)."""
+        bits = self._bit_searcher(codes)
+        return bits if self.copy_ is None else RescoreSearcher(self, bits, codes)
+
+
+class RescoreSearcher(Searcher):
+    """Top k x multiplier by the bits, re-ranked by the inner product of the float query with the
+    candidates' rescoring copy (only the candidates are decoded)."""
+
+    def __init__(self, codec: Binary, bits: Searcher, codes: np.ndarray):
+        self.codec, self.bits, self.codes = codec, bits, np.asarray(codes, dtype=np.uint8)
+        self.kernel, self.ntotal = f"{bits.kernel}+rescore", bits.ntotal
+
+    @property
+    def nbytes(self) -> int:
+        copy_bytes = self.codes.shape[0] * (self.codes.shape[1] - self.codec._bit_bytes)
+        return self.bits.nbytes + int(copy_bytes) + int(self.codec.copy_.overhead_bytes)
+
+    def search(self, Q, k):
+        c, codes, dim = self.codec, self.codes, self.codec.dim_
         Q = np.ascontiguousarray(Q, dtype=np.float32)
-        _, cand = self._search_bits(codes, Q, k * self.rescore)
+        _, cand = self.bits.search(Q, k * c.rescore)
         k = min(k, cand.shape[1])
         scores = np.empty((len(Q), k), np.float32)
         ids = np.empty((len(Q), k), np.int64)
-        block = max(1, _RESCORE_BLOCK // max(1, cand.shape[1] * self.dim_))
+        block = max(1, _RESCORE_BLOCK // max(1, cand.shape[1] * dim))
         for s in range(0, len(Q), block):
-            c = cand[s:s + block]
-            X = self.decode(codes[c.ravel()]).reshape(*c.shape, self.dim_)
+            cb = cand[s:s + block]
+            X = c.decode(codes[cb.ravel()]).reshape(*cb.shape, dim)
             sc = np.einsum("qjd,qd->qj", X, Q[s:s + block])
             order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
             scores[s:s + block] = np.take_along_axis(sc, order, 1)
-            ids[s:s + block] = np.take_along_axis(c, order, 1)
+            ids[s:s + block] = np.take_along_axis(cb, order, 1)
         return scores, ids

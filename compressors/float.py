@@ -1,10 +1,12 @@
 """Floating-point storage: float32 (the uncompressed baseline), float16 and bfloat16."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
-from .base import Codec, knn_inner_product
+from .base import Codec
 from .registry import register
+from .searchers import FaissSearcher, FlatSearcher, scalar_quantizer_index
 
 
 @register
@@ -32,8 +34,10 @@ class Float32(Codec):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes, dtype=np.uint8).view(np.float32)
 
-    def search(self, codes, Q, k):
-        return knn_inner_product(Q, self.decode(codes), k)
+    def searcher(self, codes):
+        """Exact search over the codes read in place as float32 (FAISS's brute force for a few
+        queries, torch's matrix product for batches: see ``compressors.searchers``)."""
+        return FlatSearcher(self.decode(codes))
 
 
 @register
@@ -60,6 +64,11 @@ class Float16(Codec):
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes, dtype=np.uint8).view(np.float16).astype(np.float32)
+
+    def searcher(self, codes):
+        """FAISS's ``IndexScalarQuantizer`` (``QT_fp16``) holding the codes as they are."""
+        index = scalar_quantizer_index(codes.shape[1] // 2, faiss.ScalarQuantizer.QT_fp16, codes)
+        return FaissSearcher(index, "IndexScalarQuantizer(fp16)")
 
 
 @register
@@ -93,3 +102,9 @@ class BFloat16(Codec):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         high = np.ascontiguousarray(codes, dtype=np.uint8).view("<u2").astype(np.uint32)
         return (high << np.uint32(16)).view(np.float32)
+
+    def searcher(self, codes):
+        """FAISS's ``IndexScalarQuantizer`` (``QT_bf16``, which decodes a code as its 16 bits
+        shifted up, as ``decode`` does) holding the codes as they are."""
+        index = scalar_quantizer_index(codes.shape[1] // 2, faiss.ScalarQuantizer.QT_bf16, codes)
+        return FaissSearcher(index, "IndexScalarQuantizer(bf16)")

@@ -19,8 +19,9 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from .base import FaissCodec, SpecError, hamming_knn
+from .base import FaissCodec, SpecError
 from .registry import register
+from .searchers import HammingSearcher
 
 
 @register
@@ -56,5 +57,7 @@ class RandomProjectionLSH(FaissCodec):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return super().decode(codes) / np.float32(np.sqrt(self.nbits))
 
-    def search(self, codes, Q, k):
-        return hamming_knn(codes, self.encode(Q), k, self.nbits)
+    def searcher(self, codes):
+        """FAISS's ``IndexBinaryFlat`` over the codes; queries are binarised by ``encode``."""
+        encoder = self._chain(self.index_)                # built once, not per query
+        return HammingSearcher(codes, encoder.sa_encode, self.nbits, self.overhead_bytes)

@@ -26,6 +26,7 @@ class LocalSearchQuantizer(FaissCodec):
     spec_format = "LSQ{m}x{nbits}"
     family = "lsq"
     summary = "FAISS local search quantization, m codebooks of nbits each (slow to train)"
+    kernel_name = "IndexLocalSearchQuantizer(LUT)"
     rowwise = False   # the encoder's random perturbations are drawn for the whole batch
 
     def __init__(self, m: int = 8, nbits: int = 8, train_iters: int = 25, encode_ils_iters: int = 16,

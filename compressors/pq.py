@@ -2,6 +2,15 @@
 
 Uses FAISS's codec API (``sa_encode``/``sa_decode``/``sa_code_size``) and ``IndexPQ`` with the
 inner-product metric for asymmetric search (float query against the codes).
+
+``PQ{m}x4fs`` is the same 4-bit product quantizer (same training, same codes) searched with
+FAISS's fast-scan kernel, ``IndexPQFastScan``: the look-up tables are quantized to 8 bits and
+the codes are scanned 32 at a time in registers, so its scores (and rarely its ranking) differ
+slightly from ``PQ{m}x4``'s exact tables; both spellings stay so the grid shows the difference.
+The fast-scan index keeps the codes in blocks of 32 (``pq4_pack_codes``); FAISS 1.15.1 has no
+``add_sa_codes`` for it, so the searcher fills an ``IndexPQ`` with the stored codes and converts
+it with FAISS's own ``IndexPQFastScan(IndexPQ)`` constructor, which packs them (the ``IndexPQ``
+is dropped after).
 """
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import numpy as np
 
 from .base import FaissCodec, SpecError, kmeans_warnings
 from .registry import register
+from .searchers import FaissSearcher, filled_faiss_index
 
 
 @register
@@ -17,6 +27,7 @@ class ProductQuantizer(FaissCodec):
     spec_format = "PQ{m}x{nbits}"
     family = "pq"
     summary = "FAISS product quantization, m sub-quantizers of nbits each"
+    kernel_name = "IndexPQ"
 
     def __init__(self, m: int = 16, nbits: int = 8, niter: int = 25, seed: int = 1234):
         self.m = m
@@ -60,3 +71,24 @@ class ProductQuantizer(FaissCodec):
     @property
     def overhead_bytes(self) -> int:
         return 0 if not hasattr(self, "index_") else faiss.vector_to_array(self.index_.pq.centroids).nbytes
+
+
+#: Codes per block of FAISS's fast-scan layout (its default ``bbs``).
+FAST_SCAN_BLOCK = 32
+
+
+@register
+class ProductQuantizerFastScan(ProductQuantizer):
+    spec_format = "PQ{m}x4fs"
+    summary = "4-bit FAISS product quantization searched with fast-scan (IndexPQFastScan)"
+    nbits = 4                      # fixed by the spelling; not a parameter
+
+    def __init__(self, m: int = 16, niter: int = 25, seed: int = 1234):
+        self.m = m
+        self.niter = niter
+        self.seed = seed
+        self._check_params()
+
+    def searcher(self, codes):
+        index = faiss.IndexPQFastScan(filled_faiss_index(self.index_, codes), FAST_SCAN_BLOCK)
+        return FaissSearcher(index, "IndexPQFastScan", self.overhead_bytes)

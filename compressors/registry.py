@@ -14,7 +14,7 @@ import string
 from .base import SpecError, Stage
 
 _REGISTRY: dict[str, type[Stage]] = {}
-_INFRA = {"base", "registry", "spec"}
+_INFRA = {"base", "registry", "searchers", "spec"}
 _loaded = False
 
 

@@ -29,6 +29,7 @@ class ResidualQuantizer(FaissCodec):
     spec_format = "RQ{m}x{nbits}"
     family = "rq"
     summary = "FAISS residual quantization, m codebooks of nbits each (:beam sets the beam search)"
+    kernel_name = "IndexResidualQuantizer(LUT)"
 
     def __init__(self, m: int = 8, nbits: int = 8, beam: int = 1, niter: int = 10, seed: int = 1234):
         self.m = m

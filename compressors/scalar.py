@@ -14,10 +14,12 @@ precision sentence-transformers produces (``decode`` and pair similarity stay de
 """
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
-from .base import Codec, SpecError, knn_inner_product
+from .base import Codec, SpecError
 from .registry import register
+from .searchers import FaissSearcher, scalar_quantizer_index
 
 _BITS = (8, 4, 2)
 _SCORES = ("dequant", "raw")
@@ -122,11 +124,28 @@ class ScalarQuantizer(Codec):
             return np.asarray(codes, dtype=np.uint8).astype(np.float32) - np.float32(128)
         return self.decode(codes)
 
-    def search(self, codes, Q, k):
-        if self.score == "dequant":
-            return super().search(codes, Q, k)
-        # int8 = uint8 - 128 on both sides. Every partial sum of the float32 product is an integer
-        # below 2**24 in magnitude for dim <= 1024, so FAISS's float kernel computes it exactly.
-        q_i8 = self.quantize(Q).astype(np.float32) - np.float32(128)
-        c_i8 = np.asarray(codes, dtype=np.uint8).astype(np.float32) - np.float32(128)
-        return knn_inner_product(q_i8, c_i8, k)
+    def searcher(self, codes):
+        """FAISS's ``IndexScalarQuantizer`` holding the codes as they are: ``QT_8bit`` / ``QT_4bit``
+        with our ranges written into its trained vector (``vmin`` = start, ``vdiff`` = step x
+        (levels - 1), 0 for a constant dimension: it decodes ``vmin + (code + 0.5) / (levels - 1) x
+        vdiff``, our ``decode``, and packs 4-bit codes low nibble first, as ``encode`` does). 2-bit
+        codes have no FAISS type: ``decode+flat``.
+
+        ``score=raw``: ``QT_8bit_direct_signed``, whose codes are exactly ours (a code c stands for
+        c - 128), with the query quantized to int8 the same way: every partial sum of the products
+        is an integer below 2**24 for dim <= 1024, so its float32 kernel computes the integer dot
+        product exactly. Chosen over torch's int8 matrix product (``torch._int_mm``), which needs a
+        second, int8 copy of the codes: 200k x 384, one thread, FAISS 3.9 ms per single query
+        against 15.8 ms, 632 ms for 200 queries at once against 318-467 ms."""
+        if self.bits == 2:
+            return super().searcher(codes)
+        SQ = faiss.ScalarQuantizer
+        d = self.dim_
+        if self.score == "raw":
+            index = scalar_quantizer_index(d, SQ.QT_8bit_direct_signed, codes)
+            prepare = lambda Q: self.quantize(Q).astype(np.float32) - np.float32(128)  # noqa: E731
+            return FaissSearcher(index, "IndexScalarQuantizer(8bit_direct_signed)", prepare=prepare)
+        vdiff = np.where(self.ranges_[1] == self.ranges_[0], np.float32(0), self.step_ * np.float32(self.levels - 1))
+        qtype = SQ.QT_8bit if self.bits == 8 else SQ.QT_4bit
+        index = scalar_quantizer_index(d, qtype, codes, np.concatenate([self.start_, vdiff]))
+        return FaissSearcher(index, f"IndexScalarQuantizer({self.bits}bit)", self.overhead_bytes)

@@ -25,6 +25,7 @@ from .validate import metric_problem
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
 from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
                        overhead_flag, parse_calibration, training_rows)
+from .speed import measure_search
 
 
 @dataclass(frozen=True)
@@ -244,10 +245,9 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     row["n_vectors"] = len(stored)
     if retrieval:
         Q = ctx.vectors["queries"]
-        t0 = time.perf_counter()
-        _, ids_found = pipe.search(codes, Q, task.k)
-        row["search_s"] = time.perf_counter() - t0
-        row["search_qps"] = len(Q) / max(row["search_s"], 1e-9)
+        speed = measure_search(pipe, codes, Q, task.k)     # build, batch, single-query latency, memory
+        _, ids_found = speed.pop("results")
+        row.update(speed)
         row["n_queries"] = len(Q)
         if fits.fold_ids is not None:
             ids_found = _search_crossfit(fits, stored, Q, task.k)

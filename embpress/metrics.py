@@ -43,7 +43,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("compression_ratio", True, "x", "float32 bytes per vector / bytes per vector"),
     Metric("fit_s", False, "s", "seconds to fit on the calibration vectors"),
     Metric("encode_vps", True, "vec/s", "vectors encoded per second"),
-    Metric("search_qps", True, "q/s", "queries per second, exact top-100 over the codes"),
+    Metric("search_qps", True, "q/s", "queries per second, top-100 over the codes, all queries in one call"),
+    Metric("latency_p50_ms", False, "ms", "single-query latency (one thread), median"),
+    Metric("latency_p99_ms", False, "ms", "single-query latency (one thread), 99th percentile"),
+    Metric("search_bytes", False, "B", "bytes searched: codes, codebooks, index structures"),
 ]}
 
 #: The quality metric that ``retained_pct`` is computed from, per task.

@@ -340,7 +340,12 @@ def table_columns(g: pd.DataFrame) -> list[Column]:
              if m != main and m in g and g[m].notna().any()]
     cols += [Column("fit_s", "fit s", 3, METRICS["fit_s"].description),
              Column("encode_vps", "encode vec/s", 0, METRICS["encode_vps"].description),
-             Column("search_qps", "search q/s", 0, METRICS["search_qps"].description)]
+             Column("search_qps", "search q/s", 0, METRICS["search_qps"].description),
+             Column("latency_p50_ms", "p50 ms", 3, METRICS["latency_p50_ms"].description),
+             Column("latency_p99_ms", "p99 ms", 3, METRICS["latency_p99_ms"].description),
+             Column("search_bytes", "searched B", 0, METRICS["search_bytes"].description),
+             Column("search_kernel", "search kernel", 0,
+                    "decode+flat: no compressed-domain kernel, the corpus is decoded to float32 and searched")]
     extra = [c for c in g.columns if c not in COLUMNS and c not in DERIVED and not c.endswith("_s")
              and pd.to_numeric(g[c], errors="coerce").notna().any()]   # *_s: raw timings, shown as rates
     cols += [Column(c, c.replace("_", " "), 3) for c in extra]

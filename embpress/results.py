@@ -23,8 +23,9 @@ COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "budget
            "bytes_per_vector", "overhead_bytes", "amortised_bytes_corpus", "amortised_bytes_1m", "compression_ratio",
            "ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman",
            "knn_recall_at_10", "knn_recall_at_100", "main_metric", "quality", "baseline_quality",
-           "retained_pct", "fit_s", "encode_vps", "search_qps", "protocol", "calibration", "folds", "fold_seed", "n_train",
-           "n_vectors", "n_queries", "fit_cached", "overhead_flag", "warnings", "error", "cell_id"]
+           "retained_pct", "fit_s", "encode_vps", "search_qps", "latency_p50_ms", "latency_p99_ms",
+           "search_kernel", "search_bytes", "search_rss_delta_bytes", "protocol", "calibration", "folds", "fold_seed",
+           "n_train", "n_vectors", "n_queries", "fit_cached", "overhead_flag", "warnings", "error", "cell_id"]
 
 
 def git_state() -> dict[str, Any]:
@@ -56,7 +57,35 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         pass
     return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "memory_gib": mem}
+            "cpu_count": os.cpu_count(), "memory_gib": mem, "cpu_flags": cpu_flags(),
+            "faiss_compile_options": faiss_compile_options()}
+
+
+#: The CPU flags that decide which search kernels run fast (SIMD widths, popcount, dot products).
+_KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "popcnt", "avx512f", "avx512bw", "avx512dq",
+                 "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512_vpopcntdq", "amx_int8",
+                 "amx_bf16", "avx_vnni", "neon", "asimd", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """Which of the kernel-relevant flags this CPU has (``/proc/cpuinfo``; empty where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in _KERNEL_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def faiss_compile_options() -> str | None:
+    """``faiss.get_compile_options()``: the SIMD level FAISS was built for and loaded (e.g. AVX512)."""
+    try:
+        import faiss
+        return faiss.get_compile_options().strip()
+    except (ImportError, AttributeError):
+        return None
 
 
 def new_run_dir(base: Path | None = None, label: str | None = None) -> Path:
@@ -242,11 +271,12 @@ def format_table(df: pd.DataFrame) -> str:
     """The console table: one block per dataset and model."""
     cols = ["compressor", "bytes_per_vector", "compression_ratio", "ndcg_at_10", "recall_at_100",
             "mrr_at_10", "spearman", "knn_recall_at_10", "retained_pct", "fit_s", "encode_vps",
-            "search_qps", "status"]
+            "search_qps", "latency_p50_ms", "status"]
     short = {"bytes_per_vector": "B/vec", "compression_ratio": "ratio", "ndcg_at_10": "nDCG@10",
              "recall_at_100": "R@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
              "knn_recall_at_10": "kNN-R@10", "retained_pct": "retained%", "fit_s": "fit s",
-             "encode_vps": "enc vec/s", "search_qps": "search q/s"}
+             "encode_vps": "enc vec/s", "search_qps": "search q/s",
+             "latency_p50_ms": "p50 ms"}
     blocks = []
     for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
         g = group[[c for c in cols if c in group and group[c].notna().any()]].rename(columns=short)

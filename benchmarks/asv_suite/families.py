@@ -54,7 +54,7 @@ stage_classes()
 #: One or more specs per registered stage (every family), each fitting in well under 10 s.
 SPECS = [
     "F32", "F16", "BF16", "SQ8", "SQ4", "BIN", "HYB32", "TOPK64", "LSH256", "ITQ256:niter=10", "RABITQ",
-    "PQ16x8", "RQ8x8", "LSQ8x8:train_iters=2",
+    "PQ16x8", "PQ32x4fs", "RQ8x8", "LSQ8x8:train_iters=2",
     "PCA128", "PCA128,SQ8", "OPQ16:niter=5,PQ16x8", "ROT,SQ4",
     "RP128", "SRP128", "HASH128", "MRL128", "VAR128",
 ]
