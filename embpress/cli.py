@@ -93,6 +93,19 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--intersection", action="store_true",
                     help="compare only the cells both runs have (by default B lacking cells of A fails the gate)")
 
+    sc = sub.add_parser("scale", help="search speed and memory from 10k to 1M vectors (synthetic corpora tiled from "
+                        "cached real embeddings), against the fastest float32 kernel")
+    sc.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N",
+                    help="corpus sizes (default 10000 100000 1000000)")
+    sc.add_argument("-c", "--compressor", action="append", metavar="SPEC", help="codec spec (repeatable; default: "
+                    "the README's scale set)")
+    sc.add_argument("-d", "--dataset", default="scifact", help="whose cached embeddings are tiled (default scifact)")
+    sc.add_argument("-m", "--model", default="all-MiniLM-L6-v2", help="model (default all-MiniLM-L6-v2)")
+    sc.add_argument("--k", type=int, default=10, help="top-k of each search (default 10)")
+    sc.add_argument("--single", type=int, default=200, help="single-query searches per round (default 200)")
+    sc.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>-scale)")
+    sc.add_argument("--no-report", action="store_true", help="do not build the report page")
+
     mt = sub.add_parser("mteb", help="run MTEB tasks (offline, from the datasets mirror) on compressor specs, "
                         "fitted once on stated calibration; mteb's result JSON + an embpress results table")
     mt.add_argument("-t", "--task", action="append", required=True, metavar="TASK",
@@ -228,6 +241,25 @@ def _cmd_mteb(args) -> int:
     return run_cli(args)
 
 
+def _cmd_scale(args) -> int:
+    from .scale import DEFAULT_SIZES, DEFAULT_SPECS, ScaleConfig, run_scale
+    if args.out is not None and args.out.exists():
+        raise EmbpressError(f"run folder {args.out} already exists; a run never overwrites another")
+    cfg = ScaleConfig(sizes=args.sizes or list(DEFAULT_SIZES), compressors=args.compressor or list(DEFAULT_SPECS),
+                      dataset=args.dataset, model=args.model, k=args.k, single=args.single)
+    if args.out is not None:
+        args.out.mkdir(parents=True)
+    df, run_dir = run_scale(cfg, out_dir=args.out, echo=lambda m: print(m, file=sys.stderr))
+    cols = [c for c in ("n_vectors", "compressor", "search_kernel", "bytes_per_vector", "latency_p50_ms",
+                        "latency_p99_ms", "speedup_p50", "published_speedup", "search_qps", "encode_vps") if c in df]
+    print(df[cols].to_string(index=False, float_format=lambda x: f"{x:,.3g}"))
+    print(f"\nresults: {run_dir}/results.parquet, results.csv, run.json")
+    if not args.no_report:
+        from .report import build_report
+        print(f"report: {build_report(run_dir)}")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
     if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -248,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": _cmd_run, "list": _cmd_list, "show": _cmd_show,
                 "distill": _cmd_distill, "report": _cmd_report, "compare": _cmd_compare,
-                "mteb": _cmd_mteb}[args.command](args)
+                "mteb": _cmd_mteb, "scale": _cmd_scale}[args.command](args)
     except (EmbpressError, SpecError) as exc:
         print(f"embpress: error: {exc}", file=sys.stderr)
         return 2

@@ -528,6 +528,17 @@ def _provenance(meta: dict, df: pd.DataFrame) -> str:
     return '<dl class="prov">' + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in items) + "</dl>"
 
 
+def _scale_link(page: Path | None, out: Path) -> str:
+    """A pointer to the newest ``embpress scale`` run's report: speed at deployment sizes."""
+    if page is None:
+        return ("<p class='muted'>Speed here is measured on the grid's small corpora. <code>embpress scale</code> "
+                "measures it from 10k to 1M vectors.</p>")
+    import os
+    rel = os.path.relpath(page, out)
+    return (f"<p class='scale-link'>Speed at deployment size (10k to 1M vectors): "
+            f"<a href=\"{e(rel)}\">the latest <code>embpress scale</code> run</a>.</p>")
+
+
 def _clear(out: Path) -> None:
     for sub in ("figures", "tables"):
         d = out / sub
@@ -550,6 +561,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     out = Path(out_dir) if out_dir else settings.reports_dir() / meta.get("run_id", run_dir.name)
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
+    from .scale_report import build_scale_report, is_scale_run, latest_scale_report
+    if is_scale_run(meta):
+        return build_scale_report(run_dir, df, meta, out)
     df = prepare(df, run_dir, n_boot)
     everything_ok = df[df.status == "ok"]
     ok = everything_ok[out_of_sample(everything_ok)]     # what the answers come from
@@ -741,7 +755,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     header = (f"<h1>embpress report · {e(str(meta.get('run_id', run_dir.name)))}</h1>"
               f"<p class='muted'>How much retrieval and similarity quality each compressor keeps, at what storage "
               f"and speed. Built {time.strftime('%Y-%m-%d %H:%M:%S')} by embpress {version} from "
-              f"<code>{e(str(run_dir))}</code>.</p>" + _provenance(meta, df))
+              f"<code>{e(str(run_dir))}</code>.</p>" + _scale_link(latest_scale_report(), out) + _provenance(meta, df))
     index = out / "index.html"
     tmp = out / "index.html.part"
     tmp.write_text(page.render(f"embpress report {meta.get('run_id', '')}", header), encoding="utf-8")
