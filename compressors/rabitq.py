@@ -29,7 +29,8 @@ from .registry import register
 class RaBitQ(FaissCodec):
     spec_format = "RABITQ"
     family = "rabitq"
-    summary = "FAISS RaBitQ: random rotation, 1 bit per dimension + 8 B of factors (:nbits extended)"
+    summary = ("RaBitQ (Gao & Long, SIGMOD 2024; FAISS IndexRaBitQ): centred, rotated, 1 bit per dimension + 8 B "
+               "of factors; :nbits=2..9 extended RaBitQ (Gao et al., SIGMOD 2025)")
 
     def __init__(self, nbits: int = 1, qb: int = 8, seed: int = 1234):
         self.nbits = nbits

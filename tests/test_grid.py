@@ -15,7 +15,7 @@ import pytest
 
 import embpress
 from embpress.errors import EmbpressError
-from embpress.grid import RunConfig, expand, solve_budget
+from embpress.grid import RunConfig, _free_fields, _settings, expand, solve_budget
 from embpress.runner import run
 
 QUALITY = ["ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman", "knn_recall_at_10", "knn_recall_at_100",
@@ -76,7 +76,13 @@ def test_shipped_grids_are_valid_and_default_covers_every_family_at_6_budgets(na
         assert set(cfg.datasets) == {"scifact", "nfcorpus", "stsbenchmark", "sick"}
         main = [f for f in cfg.families if not (isinstance(f, dict) and f.get("calibration"))]
         feasible = Counter(c.template for c in cells if c.template and c.infeasible is None and c.calibration is None)
-        assert len(feasible) == len(main) and min(feasible.values()) >= 6, feasible
+        assert len(feasible) == len(main), feasible
+        for template, count in feasible.items():
+            # a family sized by a handful of bit widths (TQ{bits}, RABITQ:nbits={nbits}) has fewer
+            # than 10 settings under float32 and runs at 3 or more of them; the others at 6 or more
+            free = _free_fields(template, cfg.axes)[0]
+            widths = sum(why is None for _, _, why in _settings(template, 384, (), free))
+            assert count >= (3 if widths < 10 else 6), (template, count, widths)
         # in-sample companions exist for the trained families, at a few budgets of their own family
         companions = {c.template for c in cells if c.calibration == "corpus" and c.infeasible is None}
         assert {"RQ{m}x8", "PQ{m}x8:niter=10", "ITQ{nbits}:niter=10", "PCA{d},SQ8"} <= companions

@@ -56,7 +56,7 @@ SPECS = [
     "F32", "F16", "BF16", "SQ8", "SQ4", "BIN", "HYB32", "TOPK64", "LSH256", "ITQ256:niter=10", "RABITQ",
     "PQ16x8", "PQ32x4fs", "RQ8x8", "LSQ8x8:train_iters=2",
     "PCA128", "PCA128,SQ8", "OPQ16:niter=5,PQ16x8", "ROT,SQ4",
-    "RP128", "SRP128", "HASH128", "MRL128", "VAR128",
+    "RP128", "SRP128", "HASH128", "MRL128", "VAR128", "TQ4", "TQ4:mse=true", "EDEN4",
 ]
 DATASET, MODEL, K = "scifact", "all-MiniLM-L6-v2", 100
 MAX_DOCS = int(os.environ.get("EMBPRESS_ASV_MAX_DOCS", "1000"))
