@@ -103,6 +103,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("-m", "--model", default="all-MiniLM-L6-v2", help="model (default all-MiniLM-L6-v2)")
     sc.add_argument("--k", type=int, default=10, help="top-k of each search (default 10)")
     sc.add_argument("--single", type=int, default=200, help="single-query searches per round (default 200)")
+    sc.add_argument("--max-docs", type=int, default=None, help="tile a sample of N documents of the dataset")
+    sc.add_argument("--max-queries", type=int, default=None, help="use at most N of its queries")
     sc.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>-scale)")
     sc.add_argument("--no-report", action="store_true", help="do not build the report page")
 
@@ -246,7 +248,8 @@ def _cmd_scale(args) -> int:
     if args.out is not None and args.out.exists():
         raise EmbpressError(f"run folder {args.out} already exists; a run never overwrites another")
     cfg = ScaleConfig(sizes=args.sizes or list(DEFAULT_SIZES), compressors=args.compressor or list(DEFAULT_SPECS),
-                      dataset=args.dataset, model=args.model, k=args.k, single=args.single)
+                      dataset=args.dataset, model=args.model, k=args.k, single=args.single,
+                      max_docs=args.max_docs, max_queries=args.max_queries)
     if args.out is not None:
         args.out.mkdir(parents=True)
     df, run_dir = run_scale(cfg, out_dir=args.out, echo=lambda m: print(m, file=sys.stderr))

@@ -58,6 +58,8 @@ class ScaleConfig:
     k: int = 10
     single: int = 200
     seed: int = 0
+    max_docs: int | None = None      # tile a sample of the dataset (the README's runs use all of it)
+    max_queries: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"command": "scale", **asdict(self)}
@@ -84,6 +86,8 @@ def check_config(cfg: ScaleConfig, dim: int) -> None:
         raise EmbpressError(f"scale sizes must be whole numbers >= 1000, got {cfg.sizes}")
     if cfg.k < 1 or cfg.single < 0:
         raise EmbpressError("k must be >= 1 and --single >= 0")
+    if any(v is not None and v < 1 for v in (cfg.max_docs, cfg.max_queries)):
+        raise EmbpressError("--max-docs and --max-queries must be >= 1")
     if not cfg.compressors:
         raise EmbpressError("give at least one compressor spec")
     for spec in cfg.compressors:
@@ -195,7 +199,7 @@ def _source(cfg: ScaleConfig) -> tuple[np.ndarray, np.ndarray, str]:
     from .data import load_dataset
     from .embed import embed_dataset
     from .models import model_info, resolve_model
-    ds = load_dataset(cfg.dataset)
+    ds = load_dataset(cfg.dataset, max_queries=cfg.max_queries, max_docs=cfg.max_docs)
     vecs = embed_dataset(model_info(resolve_model(cfg.model)), ds, progress=False)
     if "corpus" in vecs:
         base, Q = np.asarray(vecs["corpus"]), np.asarray(vecs["queries"])
