@@ -3,13 +3,18 @@
     python benchmarks/bench_compressors.py                                  # 100k x 384, 1000 queries, top-100
     python benchmarks/bench_compressors.py --n 20000 --specs SQ8 PQ16x8 "OPQ16,PQ16x8" --repeat 5
     python benchmarks/bench_compressors.py --data random --threads 1
+    python benchmarks/bench_compressors.py --n 200000 --n-train 20000 --queries 200 --threads 1 --ops search single
 
 For each spec the pipeline is fitted once (``fit s``, on ``--n-train`` vectors), then ``--repeat``
-rounds each time, for encode, decode and search (top ``--k`` of ``--queries`` float queries), the
-wrapper that embpress runs (``Pipeline.encode/decode/search``: spec pipeline, shape/dtype checks, a
-search index built from the stored codes on every call) and the raw call it wraps, prepared
-outside the timing (``index.sa_encode`` directly, ``faiss.knn`` on the float matrix, the
-``search`` of an ``IndexPQ`` that already holds the codes, ``np.packbits``...). The two alternate
+rounds each time, for encode, decode, search (top ``--k`` of ``--queries`` float queries in one
+call) and single-query search (the same queries one call each; ``--ops`` picks among them), the
+wrapper that embpress runs (``Pipeline.encode/decode/search``: spec pipeline, shape/dtype checks;
+``Pipeline.search`` builds its searcher from the stored codes inside the timing; single queries go
+to a searcher built once) and the raw call it wraps, prepared outside the timing
+(``index.sa_encode`` directly, and for search the raw index the searcher's ``kernel`` names, filled
+from the same codes: ``IndexScalarQuantizer``, ``IndexBinaryFlat``, ``IndexPQFastScan``, FAISS's
+scan or torch's matrix product for float32...; ``decode+flat`` and rescoring have none and show
+``(no raw)``). The two alternate
 and their order flips every round, so load from other processes hits both alike; an untimed call
 of the raw operation precedes every timed call, so each starts from the same memory state (how
 long a large allocation takes depends on what the previous call freed). Printed figures

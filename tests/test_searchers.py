@@ -8,7 +8,7 @@ import pytest
 
 from compressors import Pipeline, SpecError, parse_spec
 from compressors.base import Codec
-from compressors.searchers import GEMM_MIN_QUERIES, DecodeFlatSearcher
+from compressors.searchers import GEMM_MIN_QUERIES
 from embpress.speed import SPEED_COLUMNS, RssPeak, measure_search
 
 D, N, K = 64, 3000, 10
@@ -225,3 +225,16 @@ def test_rss_peak_sees_an_allocation():
     block.close()
     if rss.delta is not None:                                   # Linux
         assert rss.delta >= 48 << 20
+
+
+def test_gemm_kernel_in_corpus_chunks_equals_one_product(data, monkeypatch):
+    """The matrix-product kernel merges per-chunk top-k lists: the same results as one product."""
+    import compressors.searchers as S
+    X, Q = data
+    whole = S.gemm_topk(Q, X, K)
+    monkeypatch.setattr(S, "GEMM_BLOCK_FLOATS", len(Q) * 700)           # 700-row chunks, a short last one
+    monkeypatch.setattr(S, "GEMM_QUERY_BLOCK", 5)                       # and query blocks of 5
+    chunked = S.gemm_topk(Q, X, K)
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5)
+    check_against(*chunked, Q @ X.T)
