@@ -98,16 +98,23 @@ def check_config(cfg: ScaleConfig, dim: int) -> None:
                             f"and one codec's codes) but {free / 2**30:.1f} GiB is available; give smaller --sizes")
 
 
-def tiled_corpus(base: np.ndarray, n: int, seed: int, block: int = 65_536) -> np.ndarray:
-    """n unit vectors: the base rows in turn plus N(0, NOISE) noise, renormalised; the same rows
-    for the same seed whatever n (row i depends on i only), so smaller corpora are prefixes."""
-    out = np.empty((n, base.shape[1]), dtype=np.float32)
+def tiled_blocks(base: np.ndarray, n: int, seed: int, block: int = 65_536):
+    """Yields (first row, rows) of the synthetic corpus: base rows in turn plus N(0, NOISE) noise,
+    renormalised. Row i depends on i and the seed only, so smaller corpora are prefixes and a
+    codec can encode the corpus block by block without it ever existing whole."""
     for start in range(0, n, block):
         stop = min(n, start + block)
         rng = np.random.default_rng([seed, start // block])
         X = base[np.arange(start, stop) % len(base)] + rng.normal(0, NOISE, (stop - start, base.shape[1])).astype(np.float32)
         X /= np.linalg.norm(X, axis=1, keepdims=True)
-        out[start:stop] = X
+        yield start, X
+
+
+def tiled_corpus(base: np.ndarray, n: int, seed: int, block: int = 65_536) -> np.ndarray:
+    """The whole synthetic corpus of ``tiled_blocks`` as one float32 matrix."""
+    out = np.empty((n, base.shape[1]), dtype=np.float32)
+    for start, X in tiled_blocks(base, n, seed, block):
+        out[start:start + len(X)] = X
     return out
 
 
@@ -117,19 +124,23 @@ def _timed(fn: Callable, *args) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def encode_corpus(pipe, X: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """(codes of every row, encode vectors/s, rows really encoded). Encodes a probe first; a codec
-    too slow for ``ENCODE_BUDGET_S`` encodes ``ENCODE_FALLBACK`` rows and its codes are tiled."""
-    probe = min(len(X), 5_000)
-    t, codes = _timed(pipe.encode, X[:probe])
-    rate = probe / max(t, 1e-9)
-    if len(X) <= probe:
-        return codes, rate, probe
-    rows = len(X) if len(X) / rate <= ENCODE_BUDGET_S else min(len(X), ENCODE_FALLBACK)
-    t, head = _timed(pipe.encode, X[:rows])
-    if rows == len(X):
-        return head, rows / max(t, 1e-9), rows
-    return np.resize(head, (len(X), head.shape[1])), rows / max(t, 1e-9), rows
+def encode_corpus(pipe, base: np.ndarray, n: int, seed: int, block: int = 65_536) -> tuple[np.ndarray, float, int]:
+    """(codes of the n-row corpus, encode vectors/s, rows really encoded), encoded block by block as
+    the corpus is generated (only the codes are held whole; the encode time excludes generating).
+    A probe of 5,000 rows is timed first: a codec too slow to encode n rows within
+    ``ENCODE_BUDGET_S`` encodes ``ENCODE_FALLBACK`` rows, and its codes are tiled to n."""
+    probe = min(n, 5_000)
+    t, head = _timed(pipe.encode, tiled_corpus(base, probe, seed, block))
+    rows = n if n * t / probe <= ENCODE_BUDGET_S else min(n, ENCODE_FALLBACK)
+    codes = np.empty((n, head.shape[1]), dtype=np.uint8)
+    spent = 0.0
+    for start, X in tiled_blocks(base, rows, seed, block):
+        t, c = _timed(pipe.encode, X)
+        codes[start:start + len(X)] = c
+        spent += t
+    for start in range(rows, n, rows):          # tiled codes: the row says so (codes_tiled)
+        codes[start:start + rows] = codes[:min(rows, n - start)]
+    return codes, rows / max(spent, 1e-9), rows
 
 
 # ---------------------------------------------------------------------------- float32 and raw FAISS kernels
@@ -227,7 +238,7 @@ def _fit_all(cfg: ScaleConfig, train: np.ndarray, echo) -> dict[str, tuple[Any, 
 
 def _size_rows(cfg, label, n, base, Qall, train, fitted, echo) -> list[dict[str, Any]]:
     from .speed import measure_search
-    X = tiled_corpus(base, n, cfg.seed)
+    X = tiled_corpus(base, n, cfg.seed)          # for the reference kernels only
     Q = np.resize(Qall, (queries_for(n), Qall.shape[1]))
     repeats = 3 if n <= 100_000 else 1
     rows = []
@@ -235,9 +246,11 @@ def _size_rows(cfg, label, n, base, Qall, train, fitted, echo) -> list[dict[str,
         rows.append(_row(cfg, label, n, name, reference_for=spec, family="reference kernel", n_queries=len(Q),
                          **measure_kernel(kern, Q, cfg.k, cfg.single, repeats)))
         echo(f"  {n:>9,} {name:<40} p50 {rows[-1]['latency_p50_ms']:.3g} ms")
+        del kern
+    del X                                          # the codecs encode the corpus block by block
     for spec in cfg.compressors:
         pipe, fit_s = fitted[spec]
-        codes, vps, encoded = encode_corpus(pipe, X)
+        codes, vps, encoded = encode_corpus(pipe, base, n, cfg.seed)
         speed = measure_search(pipe, codes, Q, cfg.k, repeats=repeats, single=cfg.single)
         speed.pop("results")
         rows.append(_row(cfg, label, n, spec, family=pipe.family, n_queries=len(Q), fit_s=fit_s, n_train=len(train),
@@ -245,7 +258,6 @@ def _size_rows(cfg, label, n, base, Qall, train, fitted, echo) -> list[dict[str,
                          encode_vps=vps, encoded_rows=encoded, codes_tiled=encoded < n, **speed))
         del codes
         echo(f"  {n:>9,} {spec:<40} p50 {rows[-1]['latency_p50_ms']:.3g} ms ({speed['search_kernel']})")
-    del X
     return rows
 
 

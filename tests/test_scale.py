@@ -28,17 +28,18 @@ def test_tiled_corpus_is_unit_norm_close_to_its_source_and_prefix_stable():
 
 def test_a_slow_encoder_encodes_a_prefix_and_tiles_its_codes(monkeypatch):
     rng = np.random.default_rng(1)
-    X = rng.standard_normal((12_000, 16)).astype(np.float32)
+    base = rng.standard_normal((300, 16)).astype(np.float32)
+    X = scale.tiled_corpus(base, 12_000, seed=2, block=4096)
     pipe = parse_spec("SQ8").fit(X[:1000])
     monkeypatch.setattr(scale, "ENCODE_BUDGET_S", 1e-9)
     monkeypatch.setattr(scale, "ENCODE_FALLBACK", 7_000)
-    codes, vps, rows = scale.encode_corpus(pipe, X)
+    codes, vps, rows = scale.encode_corpus(pipe, base, 12_000, seed=2, block=4096)
     assert rows == 7_000 and codes.shape == (12_000, 16) and vps > 0
     assert np.array_equal(codes[:7_000], pipe.encode(X[:7_000]))
     assert np.array_equal(codes[7_000:], codes[:5_000])          # tiled, and the row says so
     monkeypatch.setattr(scale, "ENCODE_BUDGET_S", 1e9)
-    codes, _, rows = scale.encode_corpus(pipe, X)
-    assert rows == 12_000 and np.array_equal(codes, pipe.encode(X))
+    codes, _, rows = scale.encode_corpus(pipe, base, 12_000, seed=2, block=4096)
+    assert rows == 12_000 and np.array_equal(codes, pipe.encode(X))   # block by block = all at once
 
 
 def test_speedups_are_against_the_fastest_float32_kernel_of_the_same_size():
