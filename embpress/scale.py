@@ -156,12 +156,18 @@ class _Kernel:
 
 def numpy_topk(X: np.ndarray) -> Callable:
     """numpy's matrix product + argpartition + a sort of the k kept: no library's top-k."""
-    def fn(Q, k):
-        S = Q @ X.T
+    block = max(1, (1 << 24) // max(len(X), 1))      # 64 MiB of scores at a time, as the F32 kernel
+
+    def top(Qb, k):
+        S = Qb @ X.T
         part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(S, part, 1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        return np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+        best = np.take_along_axis(S, part, 1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        return np.take_along_axis(best, order, 1), np.take_along_axis(part, order, 1)
+
+    def fn(Q, k):
+        parts = [top(Q[i:i + block], k) for i in range(0, len(Q), block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     return fn
 
 
@@ -181,6 +187,7 @@ def reference_kernels(X: np.ndarray, train: np.ndarray):
         index.add(X)
         yield (f"FAISS IndexScalarQuantizer {name}", spec,
                _Kernel(f"IndexScalarQuantizer({name})", index.search, index.sa_code_size() * len(X)))
+        index = None                               # freed before the next one is built
     binary = faiss.IndexBinaryFlat(d)
     binary.add(np.packbits(X > 0, axis=1))
     yield "FAISS IndexBinaryFlat", "BIN", _Kernel("IndexBinaryFlat", lambda Q, k: binary.search(
