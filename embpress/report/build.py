@@ -249,15 +249,21 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
     df = prepare(df, run_dir, n_boot)
+    exports = figures.start_exports(df, out)
     page = Page(out)
     answer_section(page, df, meta)
-    fig_files, skipped, insample_png = figures.export_all(df, out)
-    page.files += fig_files
+    charts_at = len(page.parts)
     specs = figures.charts(df) if (df.status == "ok").any() else {}
-    charts_section(page, df, specs, insample_png, skipped)
     results_section(page, df)
     sections.loss_section(page, df, meta, run_dir)
     sections.model_section(page, df)
+    fig_files, skipped, insample_png = exports()
+    page.files += fig_files
+    later, page.parts = page.parts[charts_at:], page.parts[:charts_at]
+    toc_later, page.toc = page.toc[1:], page.toc[:1]
+    charts_section(page, df, specs, insample_png, skipped)
+    page.parts += later
+    page.toc += toc_later
     sections.closing_sections(page, df, meta, n_boot)
     header = sections.header(meta, run_dir)
     points = json.dumps(figures.points(df), separators=(",", ":")).replace("</", "<\\/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +145,23 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
 
 
 def vega_bundle() -> str:
-    """The Vega, Vega-Lite and Vega-Embed JavaScript (about 0.9 MB), inlined once in the page."""
+    """The Vega, Vega-Lite and Vega-Embed JavaScript (about 0.9 MB), inlined once in the page;
+    bundling takes seconds, so it is kept in the cache folder per vl-convert-python version."""
+    import importlib.metadata
+    from .. import settings
+    path = settings.cache_dir() / "vega" / f"bundle-{importlib.metadata.version('vl-convert-python')}.js"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
     import vl_convert
-    return vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        tmp.write_text(bundle, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:       # a read-only cache: bundle again next time
+        pass
+    return bundle
 
 
 def specs_json(specs: dict[str, tuple[dict, str]]) -> str:
@@ -166,14 +181,27 @@ def export(fig, out: Path, name: str) -> bytes:
     return png
 
 
+def _shade(colour: str, i: int) -> str:
+    """The i-th shade of a group's colour: the colour itself, then darker, lighter, darker still."""
+    r, g, b = (int(colour[k:k + 2], 16) for k in (1, 3, 5))
+    f = (1.0, 0.6, 1.5, 0.35, 1.8)[i % 5]
+    mix = (lambda c: c * f) if f <= 1 else (lambda c: c + (255 - c) * (f - 1))
+    return "#" + "".join(f"{int(round(min(255, mix(c)))):02x}" for c in (r, g, b))
+
+
 def style_maps(df: pd.DataFrame) -> dict[str, str]:
-    """Colour of every group, family and line label: its group's, so every figure agrees."""
+    """Colour of every group, family and line label: its group's hue (a darker or lighter shade for
+    the second, third … family or template of a group), so every figure agrees with the page."""
     from .. import plots
     colour = {g.name: g.colour for g in GROUPS}
     for col in ("family", "line"):
         if col in df:
-            for key, grp in zip(df[col].astype(str), df["group"]):
-                colour.setdefault(key, GROUP[grp].colour)
+            seen: dict[str, int] = {}
+            pairs = sorted(set(zip(df["group"], df[col].astype(str))))
+            for grp, key in pairs:
+                if key not in colour:
+                    colour[key] = _shade(GROUP[grp].colour, seen.get(grp, 0))
+                    seen[grp] = seen.get(grp, 0) + 1
     plots.MARKERS.update({g.name: g.mpl_marker for g in GROUPS})
     return colour
 
@@ -208,3 +236,23 @@ def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str], bytes
         export(fig, out, name)
         files += [f"figures/{name}.png", f"figures/{name}.svg"]
     return files, skipped, insample_png
+
+
+def start_exports(df: pd.DataFrame, out: Path):
+    """:func:`export_all` in a forked process while the page is assembled (matplotlib is single
+    threaded; the report's other half runs beside it); returns a function waiting for its result.
+    Where fork is unavailable the figures are drawn here, at once."""
+    import concurrent.futures
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        result = export_all(df, out)
+        return lambda: result
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+    future = pool.submit(export_all, df, out)
+
+    def wait():
+        try:
+            return future.result()
+        finally:
+            pool.shutdown()
+    return wait

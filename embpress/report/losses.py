@@ -42,9 +42,16 @@ def dataset_texts(meta: dict, dataset: str) -> Texts:
         return Texts(note=f"texts of {dataset} unavailable: {exc}")
 
 
+def _pair_codes(top: np.ndarray, n_docs: int) -> np.ndarray:
+    """(query, document row) of every top-k entry as one integer; padding (-1) becomes -1."""
+    top = np.asarray(top, dtype=np.int64)
+    return np.where(top >= 0, np.arange(len(top))[:, None] * n_docs + top, -1)
+
+
 def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
     """Per ok cell of one (model, dataset): queries whose float32 top 10 holds a relevant document
-    the compressor's top 10 lacks (and the reverse), with the worst queries as examples."""
+    the compressor's top 10 lacks (and the reverse), with the worst queries as examples. Each
+    (query, document) pair is one integer, so a cell is a few vectorised membership tests."""
     if texts.qrels is None or rows.empty:
         return pd.DataFrame(), {}
     first = rows.iloc[0]
@@ -53,9 +60,13 @@ def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.Da
         return pd.DataFrame(), {}
     base = load_npz(base_file)
     qids, cids = [str(q) for q in base["query_ids"]], base["corpus_ids"]
-    rel = [{d for d, r in texts.qrels.get(q, {}).items() if r > 0} for q in qids]
-    base_top = [set(cids[r[r >= 0]]) for r in base["top10"]]
-    base_hit = [t & s for t, s in zip(base_top, rel)]
+    row_of = {str(c): j for j, c in enumerate(cids)}
+    n = len(cids)
+    rel = np.array(sorted(i * n + row_of[d] for i, q in enumerate(qids)
+                          for d, r in texts.qrels.get(q, {}).items() if r > 0 and d in row_of), dtype=np.int64)
+    base_codes = _pair_codes(base["top10"], n)
+    base_hit = np.isin(base_codes, rel) & (base_codes >= 0)
+    base_hit_codes = base_codes[base_hit]
     base_ndcg = base.get("ndcg_at_10")
     summary, examples = [], {}
     for _, row in rows.iterrows():
@@ -63,27 +74,26 @@ def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.Da
         if not path.is_file():
             continue
         pq = load_npz(path)
-        lost, gained = [], []
-        for i, r in enumerate(pq["top10"]):
-            hit = set(cids[r[r >= 0]]) & rel[i]
-            lost.append(base_hit[i] - hit)
-            gained.append(hit - base_hit[i])
-        n_lost = sum(1 for x in lost if x)
+        codes = _pair_codes(pq["top10"], n)
+        hit = np.isin(codes, rel) & (codes >= 0)
+        lost = base_hit & ~np.isin(base_codes, codes[hit])           # [query, rank in the float32 top 10]
+        gained = hit & ~np.isin(codes, base_hit_codes)
+        n_lost, n_gained = lost.sum(axis=1), gained.sum(axis=1)
         summary.append({"compressor": row["compressor"], "budget": row.get("budget"),
                         "bytes_per_vector": row["bytes_per_vector"], "retained_pct": row["retained_pct"],
-                        "queries": len(qids), "queries_losing": n_lost,
-                        "queries_losing_pct": 100 * n_lost / max(len(qids), 1),
-                        "queries_gaining": sum(1 for x in gained if x),
-                        "relevant_lost": sum(len(x) for x in lost), "relevant_gained": sum(len(x) for x in gained),
+                        "queries": len(qids), "queries_losing": int((n_lost > 0).sum()),
+                        "queries_losing_pct": 100 * int((n_lost > 0).sum()) / max(len(qids), 1),
+                        "queries_gaining": int((n_gained > 0).sum()),
+                        "relevant_lost": int(n_lost.sum()), "relevant_gained": int(n_gained.sum()),
                         "cell_id": row["cell_id"]})
         ndcg = pq.get("ndcg_at_10")
         drop = (base_ndcg - ndcg) if base_ndcg is not None and ndcg is not None else np.zeros(len(qids))
-        worst = sorted((i for i in range(len(qids)) if lost[i]), key=lambda i: (-len(lost[i]), -drop[i], i))
+        worst = sorted(np.flatnonzero(n_lost), key=lambda i: (-n_lost[i], -drop[i], i))
         examples[row["cell_id"]] = [{
             "query_id": qids[i], "query": texts.queries.get(qids[i], ""),
             "ndcg_f32": None if base_ndcg is None else float(base_ndcg[i]),
             "ndcg": None if ndcg is None else float(ndcg[i]),
-            "lost": [(d, texts.docs.get(d, "")) for d in sorted(lost[i])],
+            "lost": [(d, texts.docs.get(d, "")) for d in sorted(str(c) for c in cids[base["top10"][i][lost[i]]])],
         } for i in worst[:EXAMPLES_PER_CELL]]
     return pd.DataFrame(summary), examples
 

@@ -64,13 +64,13 @@ def loss_section(page, df: pd.DataFrame, meta: dict, run_dir: Path) -> None:
 
 def model_section(page, df: pd.DataFrame) -> None:
     """Encoder variants' quality against model size and encode speed, when the run has them."""
-    from .. import plots
     size_col, speed_col = model_columns(df)
     if not size_col:
         return
     variants, reference = model_variants(df, size_col)
     if variants.empty or not variants["ref_pct"].notna().any():
         return
+    from .. import plots
     page.section("model-side", "Model-side compression", "model-side")
     frontier = df[(df.status == "ok") & df.pareto & df.model.isin(variants["ref"].unique())]
     png = figures.export(plots.model_side(variants, size_col, speed_col, frontier, reference), page.out, "model_side")
