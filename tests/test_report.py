@@ -360,6 +360,24 @@ def test_winners_table_equals_a_recomputation_from_the_results(quick_report):
     assert f"[{num(low)}–{num(high)}]" in html
 
 
+def test_run_wide_intervals_equal_one_bootstrap_per_cell(quick_report):
+    """retained_cis (what the report uses) gives every cell the interval paired_bootstrap gives it."""
+    from embpress.stats import retained_ci, retained_cis
+    run_dir, _ = quick_report
+    df, _ = load_run(run_dir)
+    ok = df[df.status == "ok"]
+    batch = retained_cis(run_dir, ok, n_boot=300, seed=4)
+    assert set(ok.task) == {"retrieval", "sts"} and batch.notna().all().all()
+    for i, row in ok.iterrows():
+        assert tuple(batch.loc[i]) == pytest.approx(retained_ci(run_dir, row, n_boot=300, seed=4), rel=1e-9)
+
+
+def test_numbers_have_three_significant_digits():
+    from embpress.report.html import num
+    assert [num(v) for v in (2.9e-05, 44.073, 528734.2, 0.5, 100.0, 99.96, 7, float("nan"))] == \
+        ["0.000029", "44.1", "529,000", "0.5", "100", "100", "7", ""]
+
+
 def test_paired_bootstrap_is_paired_and_handles_spearman():
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 100, 400)
