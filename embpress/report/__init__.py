@@ -13,4 +13,5 @@ network) that answers "which compressor for my budget and my speed?":
 from .analysis import (N_BOOT, best_per_budget, budgets_of, group_of, overall_frontier, prepare,  # noqa: F401
                        resolve_run)
 from .build import build_report  # noqa: F401
+from .html import markdown_table, num  # noqa: F401
 from .losses import dataset_texts, model_columns, model_variants, query_losses  # noqa: F401
