@@ -21,7 +21,7 @@ border-right:1px solid #d0d7de}
 th:first-child{z-index:3;background:#f6f8fa}
 td.t{text-align:left}td.why{white-space:normal;min-width:220px;max-width:420px;text-align:left;font-size:11.5px}
 .clamp{display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden}
-#results-table td:first-child{white-space:normal;min-width:120px;max-width:260px}
+#results-table td:first-child{white-space:normal;min-width:210px;max-width:280px}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e8eef5}
 th[aria-sort=ascending]::after{content:' ▲'}th[aria-sort=descending]::after{content:' ▼'}
 tr.infeasible td{background:#fff8e1}tr.failed td{background:#ffebe9}tr.pareto td:first-child{font-weight:600}
@@ -42,7 +42,7 @@ dl.prov dt,dl.glossary dt{font-weight:600}dl.prov dd,dl.glossary dd{margin:0}
 details{margin:6px 0}summary{cursor:pointer;font-weight:600}ul.files{columns:3;font-size:12px}
 @media (max-width:700px){main{padding:6px 10px 40px}.bar{padding:6px 10px}
 dl.prov,dl.glossary{grid-template-columns:1fr}dl.prov dd,dl.glossary dd{margin:0 0 6px}ul.files{columns:1}
-.chart{min-height:460px}#results-table td:first-child{max-width:40vw;font-size:11.5px}
+.chart{min-height:460px}#results-table td:first-child{min-width:110px;max-width:40vw;font-size:11.5px}
 #vg-tooltip-element.visible{left:4px!important;max-width:calc(100vw - 8px);font-size:10.5px}}
 """
 
@@ -79,6 +79,16 @@ JS = r"""
   var specs = specsEl ? JSON.parse(specsEl.textContent) : {};
   var points = specsEl ? JSON.parse(document.getElementById('points').textContent) : [];
   var views = {};
+  function narrow(spec) {   // a phone: the legend in two columns
+    var s = JSON.parse(JSON.stringify(spec));
+    (s.layer || []).forEach(function (l) {
+      ['color', 'shape'].forEach(function (c) {
+        var enc = l.encoding && l.encoding[c];
+        if (enc && enc.legend) { enc.legend.columns = 2; enc.legend.labelLimit = 140; }
+      });
+    });
+    return s;
+  }
   function drawCharts() {
     if (!window.vegaEmbed) { return; }
     var ds = sel.value;
@@ -90,7 +100,7 @@ JS = r"""
       el.closest('figure').hidden = !spec;
       el.removeAttribute('data-drawn');
       if (!spec) { return; }
-      vegaEmbed(el, spec, {actions: false, renderer: 'svg'})
+      vegaEmbed(el, el.clientWidth < 560 ? narrow(spec) : spec, {actions: false, renderer: 'svg'})
         .then(function (r) { views[id] = r.view; r.view.data('points', rows); return r.view.runAsync(); })
         .then(function () { el.setAttribute('data-drawn', ds); })
         .catch(function (err) { console.error(err); });

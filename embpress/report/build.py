@@ -112,7 +112,7 @@ def answer_section(page: Page, df: pd.DataFrame, meta: dict) -> None:
     page.files.append("tables/best_per_budget.csv")
     for panel in dict.fromkeys(df["panel"]):
         page.add(f'<div data-ds="{e(panel)}"><h3>{e(panel)}: the best out-of-sample compressor at each budget</h3>'
-                 f'<p class="muted small">Speed {e(speed_basis(df, panel))}. Consecutive budgets with the same '
+                 f'<p class="muted small">{e(speed_basis(df, panel))} Consecutive budgets with the same '
                  f'answer share a row.</p>{winners_table(df, best, panel)}</div>')
     frontier_lists(page, df)
 
@@ -146,8 +146,9 @@ def charts_section(page: Page, df: pd.DataFrame, specs: dict, insample_png: byte
     for cid, (_, caption) in specs.items():
         page.add(f'<figure><div class="chart" id="{cid}"></div><figcaption>{e(caption)}</figcaption></figure>')
     if insample_png is not None:
-        page.add(f'<figure id="fig-in_sample_vs_crossfit"><img alt="in-sample against cross-fitted" '
-                 f'src="data:image/png;base64,{base64.b64encode(insample_png).decode()}"><figcaption>What in-sample '
+        page.add(f'<figure id="fig-in_sample_vs_crossfit"><a href="figures/in_sample_vs_crossfit.png">'
+                 f'<img alt="in-sample against cross-fitted" src="data:image/png;base64,'
+                 f'{base64.b64encode(insample_png).decode()}"></a><figcaption>What in-sample '
                  "fitting hides: the same trained compressors fitted on the very vectors they score (dashed) and "
                  "cross-fitted (solid, every vector scored by a fit that never saw it). The gap is memorisation of a "
                  "small corpus; everything else on this page uses out-of-sample cells only.</figcaption></figure>")

@@ -80,22 +80,24 @@ def _tooltip(cols: list[str]):
     return out
 
 
-def _scales():
+def _scales(present: set[str]):
     import altair as alt
-    names = [g.name for g in GROUPS]
+    groups = [g for g in GROUPS if g.name in present]
+    names = [g.name for g in groups]
     legend = alt.Legend(orient="top", title="family (click to show or hide)", columns=3, symbolStrokeWidth=2,
                         labelLimit=170)
-    colour = alt.Color("group:N", scale=alt.Scale(domain=names, range=[g.colour for g in GROUPS]), legend=legend)
-    shape = alt.Shape("group:N", scale=alt.Scale(domain=names, range=[g.marker for g in GROUPS]), legend=legend)
+    colour = alt.Color("group:N", scale=alt.Scale(domain=names, range=[g.colour for g in groups]), legend=legend)
+    shape = alt.Shape("group:N", scale=alt.Scale(domain=names, range=[g.marker for g in groups]), legend=legend)
     return colour, shape
 
 
-def _chart(x, y, filt: str, frontier: str, cols: list[str], title: str, rule: float | None = None) -> dict:
+def _chart(x, y, filt: str, frontier: str, cols: list[str], title: str, present: set[str],
+           rule: float | None = None) -> dict:
     """Points coloured and shaped by family group (the legend toggles a group), the frontier drawn
     on top as a black line, hover: every field of the point."""
     import altair as alt
     sel = alt.selection_point(fields=["group"], bind="legend", name="fam")
-    colour, shape = _scales()
+    colour, shape = _scales(present)
     base = alt.Chart(alt.Data(name="points")).transform_filter(filt)
     tips = _tooltip(cols)
     pts = base.mark_point(filled=True, size=55).encode(
@@ -126,10 +128,11 @@ def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
 def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
     import altair as alt
     cols = point_columns(g)
+    present = set(g.loc[g.oos, "group"])
     out = {"chart-quality": (_chart(
         alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log"), title="bytes per vector (log scale)"),
         alt.Y("retained_pct:Q", title="quality kept, % of float32"), "datum.oos", "datum.pareto", cols,
-        "Quality kept against storage", rule=QUALITY_LINE),
+        "Quality kept against storage", present, rule=QUALITY_LINE),
         "Every out-of-sample cell of the selected dataset: quality kept (main metric as % of float32) against "
         f"bytes per vector. Black: the Pareto frontier; dashed red: {QUALITY_LINE:.0f} %. Hover a point for its "
         "spec, bytes and every metric; click a family in the legend to show or hide it.")}
@@ -137,7 +140,7 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
         out["chart-speed"] = (_chart(
             alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
             alt.Y("speedup:Q", scale=alt.Scale(type="log"), title="search speed-up vs float32 (log scale)"),
-            "datum.oos && isValid(datum.speedup)", "datum.spar", cols, "Search speed against quality"),
+            "datum.oos && isValid(datum.speedup)", "datum.spar", cols, "Search speed against quality", present),
             "Search queries per second of each compressor divided by float32's on the same dataset (the grid's own "
             "exact scan of the codes, on this run's corpus), against quality kept. Black: cells no other cell beats "
             "on both. Datasets without search timings (STS pairs) have no such chart.")
