@@ -256,6 +256,8 @@ def start_exports(df: pd.DataFrame, out: Path):
     def wait():
         try:
             return future.result()
+        except concurrent.futures.process.BrokenProcessPool:     # the child died (memory?): draw them here
+            return export_all(df, out)
         finally:
             pool.shutdown()
     return wait
