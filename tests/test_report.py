@@ -255,7 +255,7 @@ def test_report_opens_in_headless_chromium(quick_report, browser):
             server = None
         try:
             browser.goto(url)
-            _wait(browser, "document.querySelectorAll('.chart[data-drawn=scifact]').length === 2")
+            _wait(browser, "document.querySelectorAll('.chart[data-drawn=scifact]').length === 3")
             assert browser.errors() == []
             assert [u for u in browser.requests() if u != url and not u.startswith("data:")] == []
         finally:
@@ -311,10 +311,10 @@ def test_phone_width_has_no_horizontal_page_scroll(quick_report, browser):
     browser.call("Emulation.setDeviceMetricsOverride", session=True, width=390, height=844, deviceScaleFactor=1,
                  mobile=True)
     browser.goto(index.as_uri())
-    _wait(browser, "document.querySelectorAll('.chart[data-drawn]').length === 2")
+    _wait(browser, "document.querySelectorAll('.chart[data-drawn]').length === 3")
     assert browser.js("[document.documentElement.scrollWidth, window.innerWidth]") == [390, 390]
     widths = browser.js("Array.from(document.querySelectorAll('.chart svg'), s => s.getBoundingClientRect().width)")
-    assert len(widths) == 2 and all(300 < w <= 390 for w in widths), widths      # the charts resized
+    assert len(widths) == 3 and all(300 < w <= 390 for w in widths), widths      # the charts resized
     assert browser.errors() == []
 
 

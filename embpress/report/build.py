@@ -170,7 +170,8 @@ def result_columns(df: pd.DataFrame) -> list[tuple[str, str, str]]:
             ("ci", "95 % CI", "paired bootstrap over queries or pairs"),
             ("vs_f32", "vs float32", "≈: the 95 % interval contains 100 %"), ("speedup", "search speed-up", "")]
     cols += [(m, figures.label(m), METRICS[m].description) for m in METRICS if m != "retained_pct"]
-    cols += [(c, c.replace("_", " "), "") for c in ("search_kernel", "n_train", "n_vectors")]
+    cols += [(c, c.replace("_", " "), "") for c in ("search_kernel", "latency_p50_ms", "latency_p99_ms",
+                                                    "search_bytes", "n_train", "n_vectors") if c not in METRICS]
     cols += [("status", "status", ""), ("note", "reason / warnings", "")]
     derived = {"ci": has("ci_low"), "note": has("error") or has("warnings")}
     return [c for c in cols if derived.get(c[0], has(c[0]))]

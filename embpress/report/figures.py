@@ -55,11 +55,12 @@ def points(df: pd.DataFrame) -> list[dict]:
     ``pareto`` (bytes/quality frontier) and ``spar`` (speed/quality frontier) of their dataset."""
     ok = df[df.status == "ok"].copy()
     ok["dataset"] = ok["panel"]
-    ok["spar"] = False
-    timed = ok[ok.oos & pd.to_numeric(ok.get("search_qps"), errors="coerce").notna()]
-    for _, g in timed.groupby("panel", sort=False):
-        ok.loc[g.index, "spar"] = pareto_mask(g, ("retained_pct", "search_qps"))
-    cols = point_columns(ok) + ["oos", "pareto", "spar"]
+    for flag, col in (("spar", "search_qps"), ("fpar", "fit_s")):
+        ok[flag] = False
+        measured = ok[ok.oos & pd.to_numeric(ok.get(col), errors="coerce").notna()] if col in ok else ok.iloc[:0]
+        for _, g in measured.groupby("panel", sort=False):
+            ok.loc[g.index, flag] = pareto_mask(g, ("retained_pct", col))
+    cols = point_columns(ok) + ["oos", "pareto", "spar", "fpar"]
     out = []
     for rec in ok[cols].itertuples(index=False):
         vals = {k: _round(v) for k, v in zip(cols, rec) if v is not None and v is not pd.NA}
@@ -71,7 +72,7 @@ def _tooltip(cols: list[str]):
     import altair as alt
     out = []
     for c in cols:
-        if c in ("dataset", "oos", "pareto", "spar"):
+        if c in ("dataset", "oos", "pareto", "spar", "fpar"):
             continue
         kind = "Q" if c in METRICS or c in ("ci_low", "ci_high", "speedup", "latency_p50_ms", "latency_p99_ms",
                                             "search_bytes") else "N"
@@ -111,7 +112,7 @@ def _chart(x, y, filt: str, frontier: str, cols: list[str], title: str, present:
                       .encode(y="y:Q"))
     chart = alt.layer(*layers).properties(width="container", height=330, title=title)
     spec = chart.to_dict(validate=False)
-    spec["autosize"] = {"type": "fit-x", "contains": "padding"}
+    spec["autosize"] = {"type": "fit-x", "contains": "padding", "resize": True}   # re-fit once data arrives
     return spec
 
 
@@ -144,6 +145,14 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
             "Search queries per second of each compressor divided by float32's on the same dataset (the grid's own "
             "exact scan of the codes, on this run's corpus), against quality kept. Black: cells no other cell beats "
             "on both. Datasets without search timings (STS pairs) have no such chart.")
+    if "fit_s" in g and g["fit_s"].notna().any():
+        out["chart-fit"] = (_chart(
+            alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
+            alt.Y("fit_s:Q", scale=alt.Scale(type="log"), title="fit seconds (log scale)"),
+            "datum.oos && datum.fit_s > 0", "datum.fpar", cols, "Training cost against quality", present),
+            "Seconds to fit each compressor on its calibration vectors (per fold when cross-fitted) against quality "
+            "kept; lower is cheaper. Black: cells no other cell beats on both. Compressors that learn nothing fit in "
+            "microseconds.")
     return out
 
 
