@@ -289,6 +289,10 @@ def test_filters_and_the_dataset_selector_change_the_visible_rows(quick_report, 
     df = pd.read_csv(run_dir / "results.csv")
     browser.goto(index.as_uri())
     assert sorted(_visible_rows(browser)) == sorted(df[df.dataset == "scifact"].compressor)
+    points = "document.querySelectorAll('#chart-quality g.mark-symbol')[0].querySelectorAll('path').length"
+    n_ok = df[df.status == "ok"].groupby("dataset").size()
+    _wait(browser, "document.getElementById('chart-quality').getAttribute('data-drawn') === 'scifact'")
+    assert browser.js(points) == n_ok["scifact"]                  # the chart shows the selected dataset only
     browser.js("(() => { const i = document.getElementById('filter-text'); i.value = 'pq';"
                " i.dispatchEvent(new Event('input')); })()")
     assert _visible_rows(browser) == ["PQ16x8"]
@@ -299,6 +303,7 @@ def test_filters_and_the_dataset_selector_change_the_visible_rows(quick_report, 
     visible = "Array.from(document.querySelectorAll('table.winners')).filter(t => t.offsetParent !== null).map(t => t.id)"
     assert browser.js(visible) == ["winners-stsbenchmark"]
     _wait(browser, "document.getElementById('chart-quality').getAttribute('data-drawn') === 'stsbenchmark'")
+    assert browser.js(points) == n_ok["stsbenchmark"]
     assert browser.js("document.getElementById('chart-speed').closest('figure').hidden")   # STS: no search timings
     browser.js("(() => { const f = document.getElementById('filter-family'); f.value = 'binary';"
                " f.dispatchEvent(new Event('input')); })()")
@@ -340,6 +345,7 @@ def test_winners_table_equals_a_recomputation_from_the_results(quick_report):
         if "line90" in r.get("class", ""):
             seen_line[r["dataset"]] = True
             continue
+        assert "data-retained" in r, r
         g = ok[ok.dataset == r["dataset"]]
         retained = float(r["data-retained"])
         assert (retained < 90) == seen_line.get(r["dataset"], False)          # the 90 % line sits where it should
@@ -350,8 +356,9 @@ def test_winners_table_equals_a_recomputation_from_the_results(quick_report):
             near = cand[(cand.retained_pct >= best.retained_pct - 1) & cand.search_qps.notna()]
             fast = near.sort_values("search_qps", ascending=False).compressor.iloc[0] if len(near) else ""
             assert fast == r["data-fast"]
-    # the interval shown beside a winner is the paired bootstrap of its per-query files
     html = index.read_text()
+    assert seen_line.get("scifact") and "below here quality drops under 90 % of float32" in html
+    # the interval shown beside a winner is the paired bootstrap of its per-query files
     from embpress.report.html import num
     from embpress.stats import retained_ci
     r = next(r for r in rows if r["dataset"] == "scifact" and "data-compressor" in r)
