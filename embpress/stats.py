@@ -264,13 +264,11 @@ def retained_cis(run_dir: Path, rows: pd.DataFrame, n_boot: int = 1000, seed: in
             if len(x) not in resamples:
                 resamples[len(x)] = _Resamples(len(x), n_boot, seed)
             r = resamples[len(x)]
-            if key == "spearman":
-                gold = np.asarray(base["gold"], dtype=np.float64)
-                stat = lambda v: r.spearman(np.asarray(v, dtype=np.float64), gold)  # noqa: E731
-            else:
-                stat = lambda v: r.mean(np.asarray(v, dtype=np.float64))  # noqa: E731
+            gold = np.asarray(base["gold"], dtype=np.float64) if key == "spearman" else None
+            x, b = np.asarray(x, dtype=np.float64), np.asarray(b, dtype=np.float64)
             den = baseline_stat.get((key, len(x)))
             if den is None:
-                den = baseline_stat[(key, len(x))] = stat(b)
-            out.loc[i, ["ci_low", "ci_high"]] = _interval(stat(x), den, confidence)
+                den = baseline_stat[(key, len(x))] = r.spearman(b, gold) if gold is not None else r.mean(b)
+            num = r.spearman(x, gold) if gold is not None else r.mean(x)
+            out.loc[i, ["ci_low", "ci_high"]] = _interval(num, den, confidence)
     return out

@@ -18,8 +18,8 @@ from ..protocol import describe as protocol_text
 from ..results import COLUMNS, load_run
 from . import figures
 from .analysis import (GROUPS, N_BOOT, QUALITY_LINE, WITHIN_POINTS, best_per_budget, budgets_of, overall_frontier,
-                       plain_settings, prepare, resolve_run, speed_basis, winner_rows)
-from .html import deflist, e, glossary, num, provenance, render, slug, swatch, table, write_table_files
+                       prepare, resolve_run, speed_basis, winner_rows)
+from .html import e, num, render, slug, swatch, table, write_table_files
 
 log = logging.getLogger("embpress")
 
