@@ -2,7 +2,6 @@
 intervals, Pareto frontiers, and the per-budget winners (quality, speed, fit time)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,7 +213,16 @@ def speed_basis(df: pd.DataFrame, panel: str) -> str:
     return text + "."
 
 
-_RAW = re.compile(r"^[A-Za-z_]+=")
+def calibration_words(cal) -> str:
+    """A calibration setting in words."""
+    cal = str(cal or "crossfit:2")
+    if cal.startswith("crossfit"):
+        return f"cross-fitted in {cal.split(':')[1] if ':' in cal else 2} folds"
+    if cal.startswith("sample:"):
+        return f"cross-fitted on at most {int(cal[7:]):,} vectors of the other fold"
+    if cal in ("corpus", "pairs"):
+        return "in-sample (fitted on the vectors it scores)"
+    return f"external ({cal.replace(':', ' ', 1)})"
 
 
 def plain_settings(cfg: dict) -> list[tuple[str, str]]:
@@ -223,20 +231,23 @@ def plain_settings(cfg: dict) -> list[tuple[str, str]]:
         return ", ".join(f"{x}{unit}" for x in v) if v else "none"
 
     def family(f):
-        if isinstance(f, dict):
-            extra = [f"{k} {v}" for k, v in f.items() if k not in ("template", "budgets")]
-            return f"{f.get('template')} at {many(f.get('budgets'), ' B')}" + (f" ({', '.join(extra)})" if extra else "")
-        return str(f)
+        if not isinstance(f, dict):
+            return f"{f} at the run's budgets"
+        extra = [calibration_words(v) if k == "calibration" else f"{k} {v}" for k, v in f.items()
+                 if k not in ("template", "budgets")]
+        at = f"at {many(f.get('budgets'), ' B')}" if f.get("budgets") else "at the run's budgets"
+        return f"{f.get('template')} {at}" + (f", {', '.join(extra)}" if extra else "")
 
-    items = [("grid", f"{cfg.get('grid') or 'command-line options'}" + (f": {cfg['description']}" if cfg.get("description") else "")),
+    items = [("grid", " ".join(x for x in (cfg.get("grid") and f"{cfg['grid']}:", cfg.get("description")) if x)
+              or "command-line options"),
              ("datasets", many(cfg.get("datasets"))), ("models", many(cfg.get("models"))),
              ("queries per dataset", "all" if cfg.get("max_queries") is None else f"at most {cfg['max_queries']:,}"),
              ("documents per dataset", "all" if cfg.get("max_docs") is None else f"at most {cfg['max_docs']:,}"),
              ("results per query", str(cfg.get("k", "?"))),
-             ("calibration", str(cfg.get("calibration") or "default")),
+             ("calibration", calibration_words(cfg.get("calibration"))),
              ("budgets", many(cfg.get("budgets"), " B") + " per vector"),
              ("fixed compressors", many(cfg.get("compressors")))]
     items += [("family", family(f)) for f in cfg.get("families") or []]
-    for k, v in (cfg.get("axes") or {}).items() if isinstance(cfg.get("axes"), dict) else []:
-        items.append((f"axis {k}", many(v) if isinstance(v, (list, tuple)) else str(v)))
+    axes = cfg.get("axes") if isinstance(cfg.get("axes"), dict) else {}
+    items += [(f"axis {k}", many(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in axes.items()]
     return items
