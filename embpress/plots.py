@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .metrics import METRICS as _DIR  # noqa: E402
 from .stats import pareto_mask  # noqa: E402
 
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "embpress", "font.size": 9,
@@ -26,7 +27,7 @@ plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "embpress", "font.s
 METRIC_LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10",
                  "spearman": "Spearman", "knn_recall_at_10": "neighbour recall@10",
                  "knn_recall_at_100": "neighbour recall@100"}
-FRONTIER = dict(color="black", alpha=0.25, linewidth=6, solid_capstyle="round", zorder=1)
+FRONTIER = dict(color="black", linewidth=1.2, linestyle=(0, (4, 2)), zorder=6)
 RESCORE = re.compile(r":rescore=(\d+)")
 RESCORE_WITH = re.compile(r":rescore_with=[^:]*")
 
@@ -44,7 +45,7 @@ def colours(labels) -> dict[str, tuple]:
     return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
 
 
-def _grid(n: int, height: float = 4.0, width: float = 6.2):
+def _grid(n: int, height: float = 3.6, width: float = 5.2):
     cols = min(n, 2)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
@@ -60,12 +61,20 @@ def _legend(fig, axes) -> None:
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
-    if handles:
-        fig.legend([handles[l] for l in labels], labels, loc="lower center", ncol=min(len(labels), 5),
+    if handles:   # outside the axes, on the right
+        _layout(fig, right=0.8)
+        fig.legend([handles[l] for l in labels], labels, loc="center left", bbox_to_anchor=(0.8, 0.5),
                    frameon=False, fontsize=8)
-        fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / 5), 1, 1))
     else:
-        fig.tight_layout()
+        _layout(fig)
+
+
+def _layout(fig, right: float = 1.0, left_in: float = 0.8) -> None:
+    """Fixed margins in inches (tight_layout measured every tick label: a third of the report's
+    build time)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left_in / w, right=right - 0.2 / w, bottom=0.55 / h, top=1 - 0.65 / h,
+                        wspace=0.32, hspace=0.5)
 
 
 def _per_panel(data: pd.DataFrame, draw, title: str):
@@ -73,6 +82,7 @@ def _per_panel(data: pd.DataFrame, draw, title: str):
     title and one legend: the layout every per-dataset figure shares."""
     panels = list(dict.fromkeys(data["panel"]))
     fig, axes = _grid(len(panels))
+    fig.set_figwidth(fig.get_figwidth() * 1.25)            # room for the legend on the right
     for ax, panel in zip(axes, panels):
         draw(ax, panel, data[data.panel == panel])
     fig.suptitle(title, fontsize=11)
@@ -80,27 +90,37 @@ def _per_panel(data: pd.DataFrame, draw, title: str):
     return fig
 
 
-def _frontier(ax, pts: pd.DataFrame, x: str, y: str, label_col: str | None = "compressor") -> None:
+def _frontier(ax, pts: pd.DataFrame, x: str, y: str, label_col: str | None = None) -> None:
+    """The Pareto frontier, on top of every series (names are in the report's tables and tooltips:
+    labels on the points collided)."""
     pts = pts.sort_values(x)
     if pts.empty:
         return
     ax.plot(pts[x], pts[y], label="Pareto frontier", **FRONTIER)
-    if label_col:
-        for _, r in pts.iterrows():
-            ax.annotate(str(r[label_col]), (r[x], r[y]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="#333")
+
+
+#: Marker per series label (the report fills it with its family groups' markers).
+MARKERS: dict[str, str] = {}
 
 
 def _lines(ax, g: pd.DataFrame, x: str, y: str, colour: dict, err: tuple[str, str] | None = None,
            scale: pd.Series | None = None) -> None:
-    for line, pts in g.groupby("line", sort=True):
-        pts = pts.sort_values(x)
-        yerr = None
+    """One series per family group (``group`` column, else ``line``): every cell as a marker with its
+    interval, joined along the group's own best points (its frontier), so a group with several
+    families does not zig-zag."""
+    by = "group" if "group" in g else "line"
+    present = set(g[by].astype(str))
+    order = [k for k in MARKERS if k in present] + sorted(present - set(MARKERS))     # the page's group order
+    for line in order:
+        pts = g[g[by].astype(str) == line].sort_values(x)
+        c, m = colour.get(str(line), "C0"), MARKERS.get(str(line), "o")
         if err is not None and pts[list(err)].notna().all().all():
             s = 1.0 if scale is None else scale.loc[pts.index]
             yerr = np.vstack([(pts[y] - pts[err[0]] * s).clip(lower=0), (pts[err[1]] * s - pts[y]).clip(lower=0)])
-        ax.errorbar(pts[x], pts[y], yerr=yerr, marker="o", markersize=4, linewidth=1.3, capsize=2,
-                    color=colour[str(line)], label=str(line), zorder=3)
+            ax.errorbar(pts[x], pts[y], yerr=yerr, fmt="none", ecolor=c, alpha=0.35, linewidth=0.8, zorder=2)
+        ax.scatter(pts[x], pts[y], s=16, color=c, marker=m, alpha=0.55, linewidths=0, zorder=3)
+        best = pts[pareto_mask(pts, (x, y))].sort_values(x) if x in _DIR and y in _DIR else pts
+        ax.plot(best[x], best[y], color=c, marker=m, markersize=4, linewidth=1.4, label=str(line), zorder=4)
 
 
 def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
@@ -179,9 +199,10 @@ def qps_vs_recall(ok: pd.DataFrame, colour: dict):
 
     def draw(ax, panel, g):
         _frontier(ax, g[pareto_mask(g, ("knn_recall_at_10", "search_qps"))], "knn_recall_at_10", "search_qps")
-        for line, pts in g.groupby("line", sort=True):
-            ax.scatter(pts["knn_recall_at_10"], pts["search_qps"], s=22, color=colour[str(line)],
-                       label=str(line), zorder=3)
+        by = "group" if "group" in g else "line"
+        for line, pts in g.groupby(by, sort=True):
+            ax.scatter(pts["knn_recall_at_10"], pts["search_qps"], s=18, color=colour.get(str(line), "C0"),
+                       marker=MARKERS.get(str(line), "o"), alpha=0.8, linewidths=0, label=str(line), zorder=3)
         ax.set_yscale("log")
         ax.set_xlabel("neighbour recall@10 (%)")
         ax.set_ylabel("queries per second (exact scan of the codes, log scale)")
@@ -195,7 +216,8 @@ def speed_by_family(ok: pd.DataFrame, colour: dict):
     data = data[data["encode_vps"].notna() | data["fit_s"].notna()]
     if data.empty:
         return None
-    families = sorted(data["family"].astype(str).unique())
+    groups = data.get("group", data["family"]).astype(str)
+    families = list(dict.fromkeys(f for _, f in sorted(zip(groups, data["family"].astype(str)))))
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 0.45 * len(families) + 1.8), squeeze=False)
     rng = np.random.default_rng(0)
     floor = 1e-5
@@ -215,7 +237,8 @@ def speed_by_family(ok: pd.DataFrame, colour: dict):
         ax.grid(axis="x", alpha=0.3)
     axes[0, 0].set_title("Encode throughput (higher is better); bar = median")
     axes[0, 1].set_title("Fit time on the calibration vectors (lower is better)")
-    fig.tight_layout()
+    _layout(fig, left_in=1.5)
+    fig.subplots_adjust(wspace=0.45)
     return fig
 
 

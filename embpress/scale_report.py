@@ -35,6 +35,17 @@ def latest_scale_report() -> Path | None:
     return page if page.is_file() else None
 
 
+def scale_link(out: Path) -> str:
+    """For the grid's report: a pointer to the newest ``embpress scale`` run's page."""
+    import os
+    page = latest_scale_report()
+    if page is None:
+        return ("<p class='muted small'>Speed here is measured on the grid's small corpora; "
+                "<code>embpress scale</code> measures it from 10k to 1M vectors.</p>")
+    return (f"<p class='scale-link'>Speed at deployment size (10k to 1M vectors): <a href=\"{e(os.path.relpath(page, out))}\">"
+            f"the latest <code>embpress scale</code> run</a>.</p>")
+
+
 def _figures(df: pd.DataFrame, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")

@@ -162,3 +162,113 @@ def pareto_mask(df: pd.DataFrame, objectives: Iterable[str] = ("bytes_per_vector
     mask[np.flatnonzero(valid)[~dominated]] = True
     return pd.Series(mask, index=df.index)
 
+
+
+# ---------------------------------------------------------------------------- every interval of a run at once
+def _draw_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) how often each query was drawn: the resamples of :func:`bootstrap_indices`."""
+    idx = bootstrap_indices(n, n_boot, seed)
+    counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
+    return counts.reshape(n_boot, n).astype(np.float64)
+
+
+def _fast_ranks(x: np.ndarray, counts_t: np.ndarray) -> np.ndarray:
+    """:func:`_resample_ranks`, transposed ((n, n_boot) in and out, rows gathered whole) and from
+    one cumulative sum: a value's average rank in a resample is (draws before its tie group +
+    draws up to the group's end + 1) / 2."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(x)]
+    cum = np.zeros((len(x) + 1, counts_t.shape[1]), dtype=counts_t.dtype)
+    np.cumsum(counts_t[order], axis=0, out=cum[1:])
+    group = np.empty(len(x), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1                            # tie group of each value
+    ranks = cum[starts][group]
+    ranks += cum[ends][group]
+    ranks += 1
+    ranks /= 2
+    return ranks
+
+
+class _Resamples:
+    """The resamples of one (model, dataset), shared by all its cells: draw counts (stored
+    (n, n_boot)), the baseline's statistic per resample and (STS) the gold ranks, each computed once."""
+
+    def __init__(self, n: int, n_boot: int, seed: int):
+        counts = _draw_counts(n, n_boot, seed)
+        self.n = counts.sum(axis=1)
+        self.counts_t = np.ascontiguousarray(counts.T)
+        # ranks and draw counts are small integers and half-integers: exact in float32, which halves
+        # the memory traffic of the rank sums (the products are accumulated in float64)
+        self.counts32 = self.counts_t.astype(np.float32)
+        self._gold = None
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        return values @ self.counts_t / self.n
+
+    def spearman(self, x: np.ndarray, gold: np.ndarray) -> np.ndarray:
+        c = self.counts_t
+        if self._gold is None:        # centred, weighted gold ranks: Σ counts·dg = 0 in every resample
+            g = _fast_ranks(gold, self.counts32).astype(np.float64)
+            dg = g - np.einsum("ij,ij->j", c, g)[None, :] / self.n[None, :]
+            wdg = c * dg
+            self._gold = (wdg, np.einsum("ij,ij->j", wdg, dg))
+        wdg, sgg = self._gold
+        rx = _fast_ranks(x, self.counts32).astype(np.float64)
+        sxg = np.einsum("ij,ij->j", rx, wdg)
+        mx = np.einsum("ij,ij->j", c, rx) / self.n
+        sxx = np.einsum("ij,ij->j", c * rx, rx) - self.n * mx * mx
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sxg / np.sqrt(sxx * sgg)
+
+
+def _interval(num: np.ndarray, den: np.ndarray, confidence: float) -> tuple[float, float]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = 100.0 * (num / den)
+    ratio = ratio[np.isfinite(ratio)]
+    if len(ratio) == 0:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(ratio, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def retained_cis(run_dir: Path, rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`retained_ci` of many ok rows at once (columns ``ci_low``, ``ci_high``, index of
+    ``rows``; NaN where per-query files are missing): the same resamples and the same intervals as
+    one :func:`paired_bootstrap` per row, with the draw counts, the baseline's statistic and the gold
+    ranks computed once per (model, dataset) and the means as one matrix product."""
+    run_dir = Path(run_dir)
+    out = pd.DataFrame({"ci_low": np.nan, "ci_high": np.nan}, index=rows.index)
+    for (model, dataset), g in rows.groupby(["model", "dataset"], sort=False):
+        base_file = baseline_path(run_dir, model, dataset)
+        if not base_file.is_file():
+            continue
+        base, resamples, baseline_stat = load_npz(base_file), {}, {}
+        for i, row in g.iterrows():
+            cell = run_dir / "per_query" / f"{row['cell_id']}.npz"
+            if pd.isna(row.get("cell_id")) or not cell.is_file():
+                continue
+            c = load_npz(cell)
+            if row["task"] == "sts":
+                x, b, key = c["similarity"], base["similarity"], "spearman"
+            else:
+                metric = row["main_metric"]
+                if metric not in c or not (metric in base or str(metric).startswith("knn_recall")):
+                    continue
+                x, key = c[metric], metric
+                b = base[metric] if metric in base else np.full(len(x), 100.0)
+            if len(x) not in resamples:
+                resamples[len(x)] = _Resamples(len(x), n_boot, seed)
+            r = resamples[len(x)]
+            gold = np.asarray(base["gold"], dtype=np.float64) if key == "spearman" else None
+            x, b = np.asarray(x, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            den = baseline_stat.get((key, len(x)))
+            if den is None:
+                den = baseline_stat[(key, len(x))] = r.spearman(b, gold) if gold is not None else r.mean(b)
+            num = r.spearman(x, gold) if gold is not None else r.mean(x)
+            out.loc[i, ["ci_low", "ci_high"]] = _interval(num, den, confidence)
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import http.server
-import io
 import json
 import os
 import re
@@ -213,17 +212,34 @@ def _frontier_by_hand(points: pd.DataFrame) -> set[str]:
 
 
 # ---------------------------------------------------------------------------- tests
-def test_report_opens_in_headless_chromium(quick_report, browser, tmp_path):
+def _wait(browser, expression: str, timeout: float = 20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = browser.js(expression)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(expression)
+
+
+def _visible_rows(browser) -> list[str]:
+    return browser.js("Array.from(document.querySelectorAll('#results-table tbody tr'))"
+                      ".filter(r => !r.hidden).map(r => r.cells[0].textContent)")
+
+
+def test_report_opens_in_headless_chromium(quick_report, browser):
     run_dir, index = quick_report
     out = index.parent
     assert index == Path(os.environ["EMBPRESS_REPORTS"]) / run_dir.name / "index.html"
     html = index.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the page must not reference the network"
+    assert html.count("window.vegaEmbed=") == 1 and len(html) < 6e6         # the Vega bundle, inlined once
     for name in ("quality_vs_bytes", "knn_recall_vs_bytes", "qps_vs_recall", "speed_by_family", "sts_vs_bytes"):
-        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+        png = Image.open(out / "figures" / f"{name}.png")
+        assert round(png.info["dpi"][0]) == 200 and png.width >= 1000           # 2x: 200 dpi
         assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     assert "no compressor with rescore= in its spec" in html      # the quick grid has none: said, not drawn
-    for name in ("cells_scifact", "cells_stsbenchmark", "best_per_budget", "loss_scifact"):
+    for name in ("cells_scifact", "cells_stsbenchmark", "loss_scifact"):
         assert (out / "tables" / f"{name}.md").read_text().startswith("| ")
     assert len(pd.read_csv(out / "tables" / "all_cells.csv")) == 14
 
@@ -238,75 +254,134 @@ def test_report_opens_in_headless_chromium(quick_report, browser, tmp_path):
             server = None
         try:
             browser.goto(url)
-            widths = browser.js("Promise.all(Array.from(document.images, i => i.decode().then(() => i.naturalWidth)))",
-                                await_promise=True)
-            assert len(widths) == 5 and min(widths) >= 600, widths
+            _wait(browser, "document.querySelectorAll('.chart[data-drawn=scifact]').length === 3")
             assert browser.errors() == []
-            assert [u for u in browser.requests() if not u.startswith(("data:", url.rsplit("/", 1)[0]))] == []
+            assert [u for u in browser.requests() if u != url and not u.startswith("data:")] == []
         finally:
             if server:
                 server.shutdown()
 
-    png = browser.screenshot()
-    (tmp_path / "report.png").write_bytes(png)
-    img = Image.open(io.BytesIO(png)).convert("RGB")
-    assert img.width == 1280 and img.height > 3000, img.size          # the whole page, figures included
-    small = np.asarray(img.resize((128, img.height // 10)))
-    assert len(np.unique(small.reshape(-1, 3), axis=0)) > 200          # not a blank or one-colour page
-
-    # sorting: a real click on the "B/vec" header of the scifact table reorders its rows
-    sel = "#table-cells_scifact"
-    col = browser.js(f"Array.from(document.querySelectorAll('{sel} thead th')).findIndex(th => th.textContent === 'B/vec')")
-    read = f"Array.from(document.querySelectorAll('{sel} tbody tr'), r => Number(r.cells[{col}].dataset.v))"
-    before = browser.js(read)
-    browser.click(f"{sel} thead th:nth-child({col + 1})")
-    asc = browser.js(read)
-    assert asc == sorted(before) and asc != before
-    browser.click(f"{sel} thead th:nth-child({col + 1})")
-    assert browser.js(read) == sorted(before, reverse=True)
-    names = f"Array.from(document.querySelectorAll('{sel} tbody tr'), r => r.cells[0].textContent)"
-    browser.click(f"{sel} thead th:nth-child(1)")
-    assert browser.js(names) == sorted(browser.js(names))
+    # hover: a real mouse move onto a point of the quality chart shows that point's spec and bytes
+    specs = set(pd.read_csv(run_dir / "results.csv").query("dataset == 'scifact' and status == 'ok'").compressor)
+    box = browser.js("(() => { const el = document.getElementById('chart-quality'); el.scrollIntoView({block: 'center'});"
+                     " const p = el.querySelector('g.mark-symbol path'); const r = p.getBoundingClientRect();"
+                     " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    assert browser.js("document.getElementById('vg-tooltip-element') === null "
+                      "|| !document.getElementById('vg-tooltip-element').classList.contains('visible')")
+    browser.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=box[0], y=box[1])
+    tip = _wait(browser, "(() => { const t = document.getElementById('vg-tooltip-element');"
+                         " return t && t.classList.contains('visible') ? t.innerText : ''; })()")
+    lines = [l.strip() for l in tip.splitlines() if l.strip()]
+    assert lines[0] == "spec" and lines[1] in specs and "bytes per vector" in lines and "nDCG@10" in lines
+    # a click on a family in the legend fades that family's points and nothing else
+    opacities = ("Array.from(document.querySelectorAll('#chart-quality g.mark-symbol')[0].querySelectorAll('path'),"
+                 " p => Number(getComputedStyle(p).opacity))")
+    before = browser.js(opacities)
+    browser.click("#chart-quality g.role-legend-symbol path")
+    after = _wait(browser, f"(() => {{ const o = {opacities}; return o.some(x => x < 0.5) ? o : null; }})()")
+    assert len(after) == len(before) and 0 < sum(x > 0.5 for x in after) < len(after)
     assert browser.errors() == []
 
 
-def test_page_lists_the_pareto_frontier_of_the_results_table(quick_report):
+def test_filters_and_the_dataset_selector_change_the_visible_rows(quick_report, browser):
     run_dir, index = quick_report
     df = pd.read_csv(run_dir / "results.csv")
-    parser = _Lists()
-    parser.feed(index.read_text())
-    ok = df[df.status == "ok"]
-    for dataset, g in ok.groupby("dataset"):
-        expect = _frontier_by_hand(g)
-        assert set(parser.lists[("pareto", dataset)]) == expect
-        assert set(g.loc[pareto_mask(g), "compressor"]) == expect
-    # overall: mean retained % over both datasets, of the compressors ok on both (cross-fitted, PQ16x8
-    # is infeasible on the 300 sentences of the STS sample: a fold has fewer than its 256 centroids)
-    mean = ok.groupby("compressor").agg(bytes_per_vector=("bytes_per_vector", "first"),
-                                        retained_pct=("retained_pct", "mean"), n=("dataset", "nunique")).reset_index()
-    mean = mean[mean.n == df.dataset.nunique()]
-    assert set(parser.lists[("pareto-overall", "all-MiniLM-L6-v2")]) == _frontier_by_hand(mean)
-    # PQ16x8 is the smallest code: always on the frontier; F32 is never better than F16 here
-    assert "PQ16x8" in parser.lists[("pareto", "scifact")]
+    browser.goto(index.as_uri())
+    assert sorted(_visible_rows(browser)) == sorted(df[df.dataset == "scifact"].compressor)
+    points = "document.querySelectorAll('#chart-quality g.mark-symbol')[0].querySelectorAll('path').length"
+    n_ok = df[df.status == "ok"].groupby("dataset").size()
+    _wait(browser, "document.getElementById('chart-quality').getAttribute('data-drawn') === 'scifact'")
+    assert browser.js(points) == n_ok["scifact"]                  # the chart shows the selected dataset only
+    browser.js("(() => { const i = document.getElementById('filter-text'); i.value = 'pq';"
+               " i.dispatchEvent(new Event('input')); })()")
+    assert _visible_rows(browser) == ["PQ16x8"]
+    browser.js("(() => { const i = document.getElementById('filter-text'); i.value = '';"
+               " i.dispatchEvent(new Event('input')); const s = document.getElementById('dataset');"
+               " s.value = 'stsbenchmark'; s.dispatchEvent(new Event('change')); })()")
+    assert sorted(_visible_rows(browser)) == sorted(df[df.dataset == "stsbenchmark"].compressor)
+    visible = "Array.from(document.querySelectorAll('table.winners')).filter(t => t.offsetParent !== null).map(t => t.id)"
+    assert browser.js(visible) == ["winners-stsbenchmark"]
+    _wait(browser, "document.getElementById('chart-quality').getAttribute('data-drawn') === 'stsbenchmark'")
+    assert browser.js(points) == n_ok["stsbenchmark"]
+    assert browser.js("document.getElementById('chart-speed').closest('figure').hidden")   # STS: no search timings
+    browser.js("(() => { const f = document.getElementById('filter-family'); f.value = 'binary';"
+               " f.dispatchEvent(new Event('input')); })()")
+    assert _visible_rows(browser) == ["BIN"]
+    assert browser.errors() == []
 
 
-def test_verdicts_and_intervals_match_the_results(quick_report):
+def test_phone_width_has_no_horizontal_page_scroll(quick_report, browser):
+    _, index = quick_report
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=390, height=844, deviceScaleFactor=1,
+                 mobile=True)
+    browser.goto(index.as_uri())
+    _wait(browser, "document.querySelectorAll('.chart[data-drawn]').length === 3")
+    assert browser.js("[document.documentElement.scrollWidth, window.innerWidth]") == [390, 390]
+    widths = browser.js("Array.from(document.querySelectorAll('.chart svg'), s => s.getBoundingClientRect().width)")
+    assert len(widths) == 3 and all(300 < w <= 390 for w in widths), widths      # the charts resized
+    assert browser.errors() == []
+
+
+def _winner_rows(html: str) -> list[dict]:
+    rows = []
+    for table_id, body in re.findall(r'<table id="winners-([^"]+)" class="winners">(.*?)</table>', html, re.S):
+        for attrs in re.findall(r"<tr ([^>]*)>", body):
+            a = dict(re.findall(r'([\w-]+)="([^"]*)"', attrs))
+            if "data-compressor" in a or "line90" in a.get("class", ""):
+                rows.append({"dataset": table_id, **a})
+    return rows
+
+
+def test_winners_table_equals_a_recomputation_from_the_results(quick_report):
     run_dir, index = quick_report
-    df, _ = load_run(run_dir)
+    df = pd.read_parquet(run_dir / "results.parquet")
+    ok = df[(df.status == "ok") & df.protocol.str.split(":").str[0].isin(["oblivious", "crossfit", "external"])]
+    rows = _winner_rows(index.read_text())
+    assert {r["dataset"] for r in rows} == {"scifact", "stsbenchmark"}
+    budgets = sorted({int(b) for b in df.budget.dropna()} | set(load_run(run_dir)[1]["config"].get("budgets") or []))
+    seen_line = {}
+    for r in rows:
+        if "line90" in r.get("class", ""):
+            seen_line[r["dataset"]] = True
+            continue
+        assert "data-retained" in r, r
+        g = ok[ok.dataset == r["dataset"]]
+        retained = float(r["data-retained"])
+        assert (retained < 90) == seen_line.get(r["dataset"], False)          # the 90 % line sits where it should
+        for b in [b for b in budgets if int(r["data-budget"]) <= b <= int(r["data-budget-max"])]:
+            cand = g[g.bytes_per_vector <= b]
+            best = cand.sort_values(["retained_pct", "bytes_per_vector"], ascending=[False, True]).iloc[0]
+            assert (best.compressor, best.retained_pct) == (r["data-compressor"], retained)
+            near = cand[(cand.retained_pct >= best.retained_pct - 1) & cand.search_qps.notna()]
+            fast = near.sort_values("search_qps", ascending=False).compressor.iloc[0] if len(near) else ""
+            assert fast == r["data-fast"]
     html = index.read_text()
-    verdicts = dict(re.findall(r'<li data-budget="(\d+)">([^<]*)</li>', html))
-    sci = df[(df.dataset == "scifact") & (df.status == "ok")]
-    for budget, line in verdicts.items():
-        best = sci[sci.bytes_per_vector <= int(budget)].sort_values("retained_pct", ascending=False).iloc[0]
-        assert f"{best.compressor} " in line and f"keeps {best.retained_pct:.1f} % of nDCG@10 on scifact" in line
-    assert verdicts["48"].startswith("At 48 B/vector (32× smaller than float32), BIN keeps")
-    # the intervals in the CSV are the paired bootstrap of the per-query files
-    cells = pd.read_csv(index.parent / "tables" / "cells_scifact.csv")
-    for _, r in cells.iterrows():
-        assert r.ci_low <= r.retained_pct + 1e-9 <= r.ci_high + 2e-9 or r.ci_low == r.ci_high
-    f32 = cells[cells.compressor == "F32"].iloc[0]
-    assert f32.ci_low == f32.ci_high == 100 and f32.vs_f32 == "≈"
-    assert (cells.loc[cells.compressor == "BIN", "vs_f32"] == "lower").all()
+    assert seen_line.get("scifact") and "below here quality drops under 90 % of float32" in html
+    # the interval shown beside a winner is the paired bootstrap of its per-query files
+    from embpress.report.html import num
+    from embpress.stats import retained_ci
+    r = next(r for r in rows if r["dataset"] == "scifact" and "data-compressor" in r)
+    cell = ok[(ok.dataset == "scifact") & (ok.compressor == r["data-compressor"])].iloc[0]
+    low, high = retained_ci(run_dir, cell)
+    assert f"[{num(low)}–{num(high)}]" in html
+
+
+def test_run_wide_intervals_equal_one_bootstrap_per_cell(quick_report):
+    """retained_cis (what the report uses) gives every cell the interval paired_bootstrap gives it."""
+    from embpress.stats import retained_ci, retained_cis
+    run_dir, _ = quick_report
+    df, _ = load_run(run_dir)
+    ok = df[df.status == "ok"]
+    batch = retained_cis(run_dir, ok, n_boot=300, seed=4)
+    assert set(ok.task) == {"retrieval", "sts"} and batch.notna().all().all()
+    for i, row in ok.iterrows():
+        assert tuple(batch.loc[i]) == pytest.approx(retained_ci(run_dir, row, n_boot=300, seed=4), rel=1e-9)
+
+
+def test_numbers_have_three_significant_digits():
+    from embpress.report.html import num
+    assert [num(v) for v in (2.9e-05, 44.073, 528734.2, 0.5, 100.0, 99.96, 7, float("nan"))] == \
+        ["0.000029", "44.1", "529,000", "0.5", "100", "100", "7", ""]
 
 
 def test_paired_bootstrap_is_paired_and_handles_spearman():
@@ -397,8 +472,8 @@ def test_bring_your_own_neighbours_and_sts_with_infeasible_and_failed_cells(quic
     assert index == tmp_path / "rep" / "index.html"
     html = index.read_text()
     reasons = [html_escape(r) for r in df.loc[df.status == "infeasible", "error"]]
-    for text in ["neighbour recall@10 on prod-vectors", "of Spearman on pairs", "worker lost",
-                 "per-query loss needs qrels", "id=\"fig-rescoring\"", *reasons]:
+    for text in ['id="winners-prod-vectors"', 'id="winners-pairs"', "worker lost", "per-query loss needs qrels",
+                 "figures/rescoring.png", *reasons]:
         assert text in html, text
     assert 'class="failed"' in html and 'class="infeasible"' in html
     assert "model-side" not in html                                  # no encoder variants: no section

@@ -1,0 +1,272 @@
+"""The report's figures: interactive Vega-Lite charts (built with altair, drawn in the page by the
+inlined Vega bundle from vl-convert-python) and the matplotlib exports (PNG at 2x and SVG) for
+papers and slides."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import METRICS
+from ..stats import pareto_mask
+from .analysis import GROUP, GROUPS, QUALITY_LINE
+
+#: Fields of a point beyond the metric registry, with their tooltip titles.
+POINT_FIELDS = {"compressor": "spec", "family": "family", "group": "group", "protocol": "protocol",
+                "ci_low": "95 % CI low", "ci_high": "95 % CI high", "speedup": "search speed-up vs float32",
+                "search_kernel": "search kernel", "latency_p50_ms": "latency p50 ms",
+                "latency_p99_ms": "latency p99 ms", "search_bytes": "bytes scanned per vector"}
+LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
+          "knn_recall_at_10": "neighbour recall@10", "knn_recall_at_100": "neighbour recall@100",
+          "retained_pct": "retained %", "bytes_per_vector": "bytes per vector", "overhead_bytes": "fixed bytes",
+          "amortised_bytes_corpus": "bytes/vector with fixed bytes (corpus)",
+          "amortised_bytes_1m": "bytes/vector with fixed bytes (1 M vectors)", "compression_ratio": "× smaller",
+          "fit_s": "fit s", "encode_vps": "encode vectors/s", "search_qps": "search queries/s"}
+
+
+def label(col: str) -> str:
+    return LABELS.get(col, col.replace("_", " "))
+
+
+def _round(v):
+    if isinstance(v, (float, np.floating)):
+        return None if not math.isfinite(v) else float(f"{v:.4g}")
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return v
+
+
+def point_columns(df: pd.DataFrame) -> list[str]:
+    """Every column a chart point carries: the registry's metrics that the run has, then the rest."""
+    metrics = [m for m in METRICS if m in df and pd.to_numeric(df[m], errors="coerce").notna().any()]
+    extra = [c for c in POINT_FIELDS if c in df and df[c].notna().any()]
+    return list(dict.fromkeys(["dataset", "compressor", "group", "family", "protocol", *metrics, *extra]))
+
+
+def points(df: pd.DataFrame) -> list[dict]:
+    """The ok rows as chart points (every metric, rounded to 4 digits), plus ``oos`` (out-of-sample),
+    ``pareto`` (bytes/quality frontier) and ``spar`` (speed/quality frontier) of their dataset."""
+    ok = df[df.status == "ok"].copy()
+    ok["dataset"] = ok["panel"]
+    for flag, col in (("spar", "search_qps"), ("fpar", "fit_s")):
+        ok[flag] = False
+        measured = ok[ok.oos & pd.to_numeric(ok.get(col), errors="coerce").notna()] if col in ok else ok.iloc[:0]
+        for _, g in measured.groupby("panel", sort=False):
+            ok.loc[g.index, flag] = pareto_mask(g, ("retained_pct", col))
+    cols = point_columns(ok) + ["oos", "pareto", "spar", "fpar"]
+    out = []
+    for rec in ok[cols].itertuples(index=False):
+        vals = {k: _round(v) for k, v in zip(cols, rec) if v is not None and v is not pd.NA}
+        out.append({k: v for k, v in vals.items() if v is not None})
+    return out
+
+
+def _tooltip(cols: list[str]):
+    import altair as alt
+    out = []
+    for c in cols:
+        if c in ("dataset", "oos", "pareto", "spar", "fpar"):
+            continue
+        kind = "Q" if c in METRICS or c in ("ci_low", "ci_high", "speedup", "latency_p50_ms", "latency_p99_ms",
+                                            "search_bytes") else "N"
+        out.append(alt.Tooltip(f"{c}:{kind}", title=POINT_FIELDS.get(c, label(c)),
+                               **({"format": ".3~g"} if kind == "Q" else {})))
+    return out
+
+
+def _scales(present: set[str]):
+    import altair as alt
+    groups = [g for g in GROUPS if g.name in present]
+    names = [g.name for g in groups]
+    legend = alt.Legend(orient="top", title="family (click to show or hide)", columns=3, symbolStrokeWidth=2,
+                        labelLimit=170)
+    colour = alt.Color("group:N", scale=alt.Scale(domain=names, range=[g.colour for g in groups]), legend=legend)
+    shape = alt.Shape("group:N", scale=alt.Scale(domain=names, range=[g.marker for g in groups]), legend=legend)
+    return colour, shape
+
+
+def _chart(x, y, filt: str, frontier: str, cols: list[str], title: str, present: set[str],
+           rule: float | None = None) -> dict:
+    """Points coloured and shaped by family group (the legend toggles a group), the frontier drawn
+    on top as a black line, hover: every field of the point."""
+    import altair as alt
+    sel = alt.selection_point(fields=["group"], bind="legend", name="fam")
+    colour, shape = _scales(present)
+    base = alt.Chart(alt.Data(name="points")).transform_filter(filt)
+    tips = _tooltip(cols)
+    pts = base.mark_point(filled=True, size=55).encode(
+        x=x, y=y, color=colour, shape=shape, tooltip=tips,
+        opacity=alt.condition(sel, alt.value(0.85), alt.value(0.06))).add_params(sel)
+    front = base.transform_filter(frontier).mark_line(color="black", strokeWidth=1.6, point=alt.OverlayMarkDef(
+        color="black", size=18, filled=True)).encode(x=x, y=y, order=alt.Order(x.shorthand), tooltip=tips)
+    layers = [pts, front]
+    if rule is not None:
+        layers.insert(0, alt.Chart(alt.Data(values=[{"y": rule}])).mark_rule(color="#b42318", strokeDash=[5, 4])
+                      .encode(y="y:Q"))
+    chart = alt.layer(*layers).properties(width="container", height=330, title=title)
+    spec = chart.to_dict(validate=False)
+    spec["autosize"] = {"type": "fit-x", "contains": "padding", "resize": True}   # re-fit once data arrives
+    return spec
+
+
+def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
+    """{element id: ({dataset panel: Vega-Lite spec}, caption)} of the page's interactive charts; each
+    dataset's spec hovers the fields that dataset has."""
+    out: dict[str, tuple[dict[str, dict], str]] = {}
+    for panel, g in df[df.status == "ok"].groupby("panel", sort=False):
+        for cid, (spec, caption) in _panel_charts(g).items():
+            out.setdefault(cid, ({}, caption))[0][panel] = spec
+    return out
+
+
+def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
+    import altair as alt
+    cols = point_columns(g)
+    present = set(g.loc[g.oos, "group"])
+    out = {"chart-quality": (_chart(
+        alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log"), title="bytes per vector (log scale)"),
+        alt.Y("retained_pct:Q", title="quality kept, % of float32"), "datum.oos", "datum.pareto", cols,
+        "Quality kept against storage", present, rule=QUALITY_LINE),
+        "Every out-of-sample cell of the selected dataset: quality kept (main metric as % of float32) against "
+        f"bytes per vector. Black: the Pareto frontier; dashed red: {QUALITY_LINE:.0f} %. Hover a point for its "
+        "spec, bytes and every metric; click a family in the legend to show or hide it.")}
+    if "speedup" in g and g["speedup"].notna().any():
+        out["chart-speed"] = (_chart(
+            alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
+            alt.Y("speedup:Q", scale=alt.Scale(type="log"), title="search speed-up vs float32 (log scale)"),
+            "datum.oos && isValid(datum.speedup)", "datum.spar", cols, "Search speed against quality", present),
+            "Search queries per second of each compressor divided by float32's on the same dataset (the grid's own "
+            "exact scan of the codes, on this run's corpus), against quality kept. Black: cells no other cell beats "
+            "on both. Datasets without search timings (STS pairs) have no such chart.")
+    if "fit_s" in g and g["fit_s"].notna().any():
+        out["chart-fit"] = (_chart(
+            alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
+            alt.Y("fit_s:Q", scale=alt.Scale(type="log"), title="fit seconds (log scale)"),
+            "datum.oos && datum.fit_s > 0", "datum.fpar", cols, "Training cost against quality", present),
+            "Seconds to fit each compressor on its calibration vectors (per fold when cross-fitted) against quality "
+            "kept; lower is cheaper. Black: cells no other cell beats on both. Compressors that learn nothing fit in "
+            "microseconds.")
+    return out
+
+
+def vega_bundle() -> str:
+    """The Vega, Vega-Lite and Vega-Embed JavaScript (about 0.9 MB), inlined once in the page;
+    bundling takes seconds, so it is kept in the cache folder per vl-convert-python version."""
+    import importlib.metadata
+    from .. import settings
+    path = settings.cache_dir() / "vega" / f"bundle-{importlib.metadata.version('vl-convert-python')}.js"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    import vl_convert
+    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        tmp.write_text(bundle, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:       # a read-only cache: bundle again next time
+        pass
+    return bundle
+
+
+def specs_json(specs: dict[str, tuple[dict, str]]) -> str:
+    return json.dumps({k: v[0] for k, v in specs.items()}, separators=(",", ":")).replace("</", "<\\/")
+
+
+# ---------------------------------------------------------------------------- matplotlib exports
+def export(fig, out: Path, name: str) -> bytes:
+    """Write ``figures/<name>.png`` (2x: 200 dpi) and ``.svg``; returns the PNG bytes."""
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=200)
+    png = buf.getvalue()
+    (out / "figures" / f"{name}.png").write_bytes(png)
+    fig.savefig(out / "figures" / f"{name}.svg", format="svg")
+    plt.close(fig)
+    return png
+
+
+def _shade(colour: str, i: int) -> str:
+    """The i-th shade of a group's colour: the colour itself, then darker, lighter, darker still."""
+    r, g, b = (int(colour[k:k + 2], 16) for k in (1, 3, 5))
+    f = (1.0, 0.6, 1.5, 0.35, 1.8)[i % 5]
+    mix = (lambda c: c * f) if f <= 1 else (lambda c: c + (255 - c) * (f - 1))
+    return "#" + "".join(f"{int(round(min(255, mix(c)))):02x}" for c in (r, g, b))
+
+
+def style_maps(df: pd.DataFrame) -> dict[str, str]:
+    """Colour of every group, family and line label: its group's hue (a darker or lighter shade for
+    the second, third … family or template of a group), so every figure agrees with the page."""
+    from .. import plots
+    colour = {g.name: g.colour for g in GROUPS}
+    for col in ("family", "line"):
+        if col in df:
+            seen: dict[str, int] = {}
+            pairs = sorted(set(zip(df["group"], df[col].astype(str))))
+            for grp, key in pairs:
+                if key not in colour:
+                    colour[key] = _shade(GROUP[grp].colour, seen.get(grp, 0))
+                    seen[grp] = seen.get(grp, 0) + 1
+    plots.MARKERS.update({g.name: g.mpl_marker for g in GROUPS})
+    return colour
+
+
+EXPORTS = [
+    ("quality_vs_bytes", "quality_vs_bytes", "no finished cells"),
+    ("knn_recall_vs_bytes", "knn_vs_bytes", "no retrieval or neighbour cells"),
+    ("qps_vs_recall", "qps_vs_recall", "no retrieval or neighbour cells"),
+    ("speed_by_family", "speed_by_family", "no finished cells"),
+    ("sts_vs_bytes", "sts_vs_bytes", "no STS cells"),
+    ("rescoring", "rescoring", "no compressor with rescore= in its spec"),
+]
+
+
+def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str], bytes | None]:
+    """Every matplotlib figure of an out-of-sample view of the run, plus the in-sample vs
+    cross-fitted comparison; returns (files written, notes on figures skipped, that comparison's PNG)."""
+    from .. import plots
+    colour = style_maps(df)
+    ok_all = df[df.status == "ok"]
+    ok = ok_all[ok_all.oos]
+    files, skipped, insample_png = [], [], None
+    fig = plots.in_sample_vs_crossfit(ok_all, colour)
+    if fig is not None:
+        insample_png = export(fig, out, "in_sample_vs_crossfit")
+        files += ["figures/in_sample_vs_crossfit.png", "figures/in_sample_vs_crossfit.svg"]
+    for name, fn, why in EXPORTS:
+        fig = getattr(plots, fn)(ok, colour) if len(ok) else None
+        if fig is None:
+            skipped.append(f"{name}: figure skipped ({why} in this run)")
+            continue
+        export(fig, out, name)
+        files += [f"figures/{name}.png", f"figures/{name}.svg"]
+    return files, skipped, insample_png
+
+
+def start_exports(df: pd.DataFrame, out: Path):
+    """:func:`export_all` in a forked process while the page is assembled (matplotlib is single
+    threaded; the report's other half runs beside it); returns a function waiting for its result.
+    Where fork is unavailable the figures are drawn here, at once."""
+    import concurrent.futures
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        result = export_all(df, out)
+        return lambda: result
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+    future = pool.submit(export_all, df, out)
+
+    def wait():
+        try:
+            return future.result()
+        except concurrent.futures.process.BrokenProcessPool:     # the child died (memory?): draw them here
+            return export_all(df, out)
+        finally:
+            pool.shutdown()
+    return wait
