@@ -46,6 +46,44 @@ def scale_link(out: Path) -> str:
             f"the latest <code>embpress scale</code> run</a>.</p>")
 
 
+def latest_scale_rows() -> tuple[str, pd.DataFrame] | None:
+    """(run id, rows at its largest size) of the newest finished scale run, if there is one."""
+    page = latest_scale_report()
+    if page is None:
+        return None
+    run_dir = settings.results_dir() / page.parent.name
+    try:
+        df = pd.read_parquet(run_dir / "results.parquet")
+    except (OSError, ValueError):
+        return None
+    return run_dir.name, df[(df.status == "ok") & (df.n_vectors == df.n_vectors.max())]
+
+
+def deployment_speeds(specs: list[str], scale_rows: pd.DataFrame) -> pd.DataFrame:
+    """The scale run's figures (kernel, p50, speed-up against the fastest float32) for the given
+    specs; a spec the scale run did not measure is left out."""
+    rows = scale_rows[scale_rows.compressor.isin(specs)]
+    cols = [c for c in ("compressor", "n_vectors", "search_kernel", "latency_p50_ms", "speedup_p50") if c in rows]
+    return rows[cols].drop_duplicates("compressor").reset_index(drop=True)
+
+
+def deployment_note(specs: list[str]) -> str:
+    """HTML for the grid report's answer: the winners' speed at deployment size, from the newest
+    scale run, or why there is none."""
+    latest = latest_scale_rows()
+    if latest is None:
+        return ""
+    run_id, rows = latest
+    found = deployment_speeds(list(dict.fromkeys(specs)), rows)
+    if found.empty:
+        return (f"<p class='muted small'>None of these winners is in the latest <code>embpress scale</code> run "
+                f"({e(run_id)}); their speed above is the grid's.</p>")
+    items = ", ".join(f"{e(r.compressor)}: {r.latency_p50_ms:.3g} ms per query, {r.speedup_p50:.3g}× the fastest "
+                      f"float32 ({e(r.search_kernel)})" for r in found.itertuples())
+    return (f"<p class='deployment small'>At {int(found.n_vectors.iloc[0]):,} vectors (synthetic, the latest "
+            f"<code>embpress scale</code> run {e(run_id)}, one thread): {items}.</p>")
+
+
 def _figures(df: pd.DataFrame, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")

@@ -87,3 +87,13 @@ def test_scale_run_rows_report_and_refusals(tmp_path, scifact_sample, capsys):
         assert main(["scale", *bad]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and msg in err[0], err
+
+
+def test_the_grid_report_takes_its_winners_deployment_speed_from_the_scale_run():
+    from embpress.scale_report import deployment_speeds
+    rows = pd.DataFrame({"compressor": ["F32", "BIN", "PQ32x4fs"], "n_vectors": [10**6] * 3,
+                         "search_kernel": ["faiss.knn", "IndexBinaryFlat", "IndexPQFastScan"],
+                         "latency_p50_ms": [50.0, 3.2, 0.8], "speedup_p50": [1.0, 15.6, 62.5]})
+    found = deployment_speeds(["PQ32x4fs", "LSQ32x4", "BIN", "BIN"], rows)
+    assert found.compressor.tolist() == ["BIN", "PQ32x4fs"] and found.speedup_p50.tolist() == [15.6, 62.5]
+    assert deployment_speeds(["RQ16x8"], rows).empty

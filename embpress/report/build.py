@@ -117,6 +117,8 @@ def answer_section(page: Page, df: pd.DataFrame, meta: dict) -> None:
         page.add(f'<div data-ds="{e(panel)}"><h3>{e(panel)}: the best out-of-sample compressor at each budget</h3>'
                  f'<p class="muted small">{e(speed_basis(df, panel))} Consecutive budgets with the same '
                  f'answer share a row.</p>{winners_table(df, best, panel)}</div>')
+    from ..scale_report import deployment_note
+    page.add(deployment_note([str(c) for c in best.get("compressor", pd.Series(dtype=str)).dropna()]))
     frontier_lists(page, df)
 
 
