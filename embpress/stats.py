@@ -87,14 +87,7 @@ def paired_bootstrap(compressed_per_query, baseline_per_query, statistic: Statis
         den = np.array([statistic(b[i], None if g is None else g[i]) for i in idx])
     else:
         raise ValueError(f"unknown statistic {statistic!r} (mean, spearman or a callable)")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = 100.0 * (num / den)
-    ratio = ratio[np.isfinite(ratio)]
-    if len(ratio) == 0:
-        return float("nan"), float("nan")
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(ratio, [tail, 100 - tail])
-    return float(low), float(high)
+    return _interval(num, den, confidence)
 
 
 # ---------------------------------------------------------------------------- per-query files of a run
