@@ -17,7 +17,7 @@ SPECS = ["HASH32", "MRL32", "OPQ8:niter=2:niter_pq_0=2:nbits=4,PQ8x4:niter=3", "
          "RP32", "SRP32,F16", "VAR32,BF16", "BIN:threshold=median:rescore=2:rescore_with=SQ8", "BIN:rescore=2",
          "F16", "F32", "HYB8", "HYB8:high=int8:low=int4", "ITQ32:niter=3", "LSH64",
          "LSQ4x4:train_iters=2:encode_ils_iters=2", "PQ8x4:niter=3", "RABITQ", "RQ4x4:niter=3", "SQ8:pct=1.0",
-         "TOPK16"]
+         "TOPK16", "TQ4", "TQ2:mse=true", "EDEN4:center=true", "PQ8x4fs:niter=3"]
 
 
 @pytest.fixture()

@@ -156,19 +156,19 @@ def test_stages_that_say_they_learn_nothing_really_do_not():
     """Fitted on two different datasets, an oblivious stage encodes the same codes."""
     rng = np.random.default_rng(6)
     A, B = _unit(rng, 500, 64), 3 * _unit(rng, 500, 64) + 1
+    B /= np.linalg.norm(B, axis=1, keepdims=True)        # another distribution, still unit vectors (TQ-MSE)
     probe = _unit(rng, 50, 64)
     specs = {"F32": "F32", "F16": "F16", "BF16": "BF16", "ROT": "ROT", "RP{n_components}": "RP16",
              "SRP{n_components}": "SRP16", "HASH{dim}": "HASH16", "MRL{dim}": "MRL16", "LSH{nbits}": "LSH64",
-             "TOPK{k}": "TOPK8", "BIN": "BIN"}
+             "TOPK{k}": "TOPK8", "BIN": "BIN", "TQ{bits}": "TQ4"}
     oblivious = [c.spec_format for c in stage_classes() if c.learns_from_data is False]
     assert set(oblivious) <= set(specs), f"add a spec for {set(oblivious) - set(specs)}"
-    for fmt in oblivious + ["BIN"]:
-        spec = specs[fmt]
+    for spec in [specs[fmt] for fmt in oblivious + ["BIN"]] + ["TQ2:mse=true", "EDEN4"]:
         pa, pb = parse_spec(spec).fit(A), parse_spec(spec).fit(B)
         assert not pa.learns_from_data
         assert np.array_equal(pa.encode(probe), pb.encode(probe)), spec
     # and those that learn do change with the data
-    for spec in ["SQ8", "PCA16", "BIN:threshold=median", "BIN:rescore=2:rescore_with=SQ8"]:
+    for spec in ["SQ8", "PCA16", "BIN:threshold=median", "BIN:rescore=2:rescore_with=SQ8", "EDEN4:center=true"]:
         pa, pb = parse_spec(spec).fit(A), parse_spec(spec).fit(B)
         assert pa.learns_from_data and not np.array_equal(pa.encode(probe), pb.encode(probe)), spec
 
