@@ -216,8 +216,8 @@ def speed_by_family(ok: pd.DataFrame, colour: dict):
     data = data[data["encode_vps"].notna() | data["fit_s"].notna()]
     if data.empty:
         return None
-    groups = data.get("group", data["family"]).astype(str)
-    families = list(dict.fromkeys(f for _, f in sorted(zip(groups, data["family"].astype(str)))))
+    groups = [str(x) for x in data.get("group", data["family"]).fillna("")]
+    families = list(dict.fromkeys(f for _, f in sorted(zip(groups, (str(x) for x in data["family"].fillna(""))))))
     fig, axes = plt.subplots(1, 2, figsize=(12.4, 0.45 * len(families) + 1.8), squeeze=False)
     rng = np.random.default_rng(0)
     floor = 1e-5

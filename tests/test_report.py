@@ -528,3 +528,17 @@ def test_model_variants_are_relative_to_the_base_most_variants_share():
                        "model_base": ["mini", "mini", "mini", "student"]})
     rows, ref = model_variants(df, "model_memory_bytes")
     assert ref == "mini" and list(rows.ref_pct) == [100, 100, 95, 90]
+
+
+def test_style_maps_take_families_missing_from_infeasible_cells():
+    """An infeasible cell has no family; beside a family of the same group it must not break the
+    colour maps (pandas' astype(str) keeps NaN, and sorting NaN with strings raises)."""
+    from embpress.report.analysis import group_of
+    from embpress.report.figures import style_maps
+    df = pd.DataFrame({"family": ["turboquant", np.nan, "scalar", "eden", "newfamily"],
+                       "line": ["TQ{bits}", "PCA{d},SQ4", "SQ{bits}", "EDEN{bits}", "NEW{d}"]})
+    df["group"] = [group_of(f) for f in df["family"]]
+    assert df["group"].tolist() == ["scalar", "other", "scalar", "scalar", "other"]
+    colour = style_maps(df)
+    assert {"turboquant", "eden", "scalar", "TQ{bits}", "EDEN{bits}"} <= set(colour)
+    assert colour["turboquant"] != colour["eden"]            # shades of the same group, told apart

@@ -33,7 +33,7 @@ class Group:
 
 GROUPS = [
     Group("float", "#4c4c4c", "square", "s", "float32 and its 16-bit casts (F32, F16, BF16)"),
-    Group("scalar", "#1f77b4", "circle", "o", "scalar quantization of every dimension (SQ8/4/2, optionally rotated)"),
+    Group("scalar", "#1f77b4", "circle", "o", "scalar quantization of every dimension (SQ8/4/2, optionally rotated; TurboQuant and EDEN)"),
     Group("fewer dims + scalar", "#17becf", "triangle-up", "^",
           "fewer dimensions (PCA, random projection, hashing, Matryoshka, variance pruning, top-k), then scalar"),
     Group("binary", "#d62728", "diamond", "D", "one bit per (rotated, projected or learned) dimension: BIN, LSH, ITQ, RaBitQ"),
@@ -62,6 +62,8 @@ def group_of(family) -> str:
         return "hybrid"
     if last in ("binary", "itq", "lsh", "rabitq"):
         return "fewer dims + binary" if any(p in _REDUCE for p in parts[:-1]) else "binary"
+    if last in ("turboquant", "eden"):       # a rotation, then a fixed per-coordinate quantizer
+        return "scalar"
     if last == "scalar":
         return "fewer dims + scalar" if any(p in _REDUCE for p in parts[:-1]) else "scalar"
     if last in _REDUCE:

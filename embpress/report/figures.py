@@ -209,7 +209,8 @@ def style_maps(df: pd.DataFrame) -> dict[str, str]:
     for col in ("family", "line"):
         if col in df:
             seen: dict[str, int] = {}
-            pairs = sorted(set(zip(df["group"], df[col].astype(str))))
+            # a missing family (an infeasible cell) is "" here: pandas' astype(str) keeps it NaN
+            pairs = sorted(set(zip(df["group"].astype(str), (str(x) for x in df[col].fillna("")))))
             for grp, key in pairs:
                 if key not in colour:
                     colour[key] = _shade(GROUP[grp].colour, seen.get(grp, 0))
