@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import resource
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +144,7 @@ def encode_corpus(pipe, base: np.ndarray, n: int, seed: int, block: int = 65_536
 
 # ---------------------------------------------------------------------------- float32 and raw FAISS kernels
 class _Kernel:
-    """A search callable with the Searcher interface ``measure_kernel`` times."""
+    """A search callable with the Searcher interface ``speed.measure_searcher`` times."""
 
     def __init__(self, name: str, fn: Callable, nbytes: int):
         self.kernel, self._fn, self.nbytes = name, fn, nbytes
@@ -198,18 +197,6 @@ def reference_kernels(X: np.ndarray, train: np.ndarray):
     yield "FAISS IndexPQFastScan 32x4", "PQ32x4fs", _Kernel("IndexPQFastScan", fs.search, 16 * len(X))
 
 
-def measure_kernel(searcher, Q: np.ndarray, k: int, single: int, repeats: int) -> dict[str, Any]:
-    """Batch and single-query timings of a searcher, as ``embpress.speed.measure_search`` takes them."""
-    from .speed import WARMUP_BATCH, RssPeak, single_query_latency
-    searcher.search(Q[:WARMUP_BATCH], k)
-    with RssPeak() as rss:
-        search_s = statistics.median(_timed(searcher.search, Q, k)[0] for _ in range(repeats))
-    p50, p99 = single_query_latency(searcher, Q, k, single=single, repeats=repeats) if single else (None, None)
-    return {"search_kernel": searcher.kernel, "search_s": search_s, "search_qps": len(Q) / max(search_s, 1e-9),
-            "latency_p50_ms": p50, "latency_p99_ms": p99, "search_bytes": int(searcher.nbytes),
-            "search_rss_delta_bytes": rss.delta}
-
-
 # ---------------------------------------------------------------------------- the sweep
 def _source(cfg: ScaleConfig) -> tuple[np.ndarray, np.ndarray, str]:
     """(base vectors, real queries, label): the dataset's cached corpus embeddings and its queries
@@ -244,14 +231,14 @@ def _fit_all(cfg: ScaleConfig, train: np.ndarray, echo) -> dict[str, tuple[Any, 
 
 
 def _size_rows(cfg, label, n, base, Qall, train, fitted, echo) -> list[dict[str, Any]]:
-    from .speed import measure_search
+    from .speed import measure_search, measure_searcher
     X = tiled_corpus(base, n, cfg.seed)          # for the reference kernels only
     Q = np.resize(Qall, (queries_for(n), Qall.shape[1]))
     repeats = 3 if n <= 100_000 else 1
     rows = []
     for name, spec, kern in reference_kernels(X, train):
         rows.append(_row(cfg, label, n, name, reference_for=spec, family="reference kernel", n_queries=len(Q),
-                         **measure_kernel(kern, Q, cfg.k, cfg.single, repeats)))
+                         **_without_results(measure_searcher(kern, Q, cfg.k, repeats=repeats, single=cfg.single))))
         echo(f"  {n:>9,} {name:<40} p50 {rows[-1]['latency_p50_ms']:.3g} ms")
         del kern
     del X                                          # the codecs encode the corpus block by block
@@ -266,6 +253,11 @@ def _size_rows(cfg, label, n, base, Qall, train, fitted, echo) -> list[dict[str,
         del codes
         echo(f"  {n:>9,} {spec:<40} p50 {rows[-1]['latency_p50_ms']:.3g} ms ({speed['search_kernel']})")
     return rows
+
+
+def _without_results(cols: dict[str, Any]) -> dict[str, Any]:
+    cols.pop("results", None)
+    return cols
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:

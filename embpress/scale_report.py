@@ -115,16 +115,6 @@ def _figures(df: pd.DataFrame, out: Path) -> list[str]:
     return names
 
 
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and x != x):
-        return ""
-    if isinstance(x, (bool,)):
-        return "yes" if x else ""
-    if isinstance(x, (int, float)):
-        return f"{x:,.{digits}g}" if abs(x) < 1e5 else f"{x:,.0f}"
-    return str(x)
-
-
 TABLE = [("compressor", "codec / kernel"), ("search_kernel", "kernel"), ("bytes_per_vector", "B/vec"),
          ("latency_p50_ms", "p50 ms"), ("latency_p99_ms", "p99 ms"), ("speedup_p50", "× vs fastest float32 (p50)"),
          ("published_speedup", "published ×"), ("search_qps", "batch q/s"), ("speedup_batch", "× batch"),
@@ -133,6 +123,7 @@ TABLE = [("compressor", "codec / kernel"), ("search_kernel", "kernel"), ("bytes_
 
 
 def build_scale_report(run_dir: Path, df: pd.DataFrame, meta: dict, out: Path) -> Path:
+    from .report.html import num
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     ok = df[df.status == "ok"].copy()
@@ -141,7 +132,7 @@ def build_scale_report(run_dir: Path, df: pd.DataFrame, meta: dict, out: Path) -
     top = ok[ok.n_vectors == largest].sort_values("latency_p50_ms") if largest else ok
     cols = [(k, h) for k, h in TABLE if k in top]
     head = "".join(f"<th>{e(h)}</th>" for _, h in cols)
-    body = "".join("<tr>" + "".join(f"<td>{e(_fmt(r[k]))}</td>" for k, _ in cols) + "</tr>" for _, r in top.iterrows())
+    body = "".join("<tr>" + "".join(f"<td>{e(num(r[k]))}</td>" for k, _ in cols) + "</tr>" for _, r in top.iterrows())
     top.to_csv(out / "scale_largest.csv", index=False)
     peak, f32 = meta.get("peak_rss_bytes"), meta.get("float32_matrix_bytes")
     mem = (f"Peak resident memory of the process {peak / 2**30:.2f} GiB = {peak / f32:.2f}× the {largest:,}-vector "

@@ -122,6 +122,23 @@ def single_query_latency(searcher, Q: np.ndarray, k: int, *, single: int = 200, 
     return 1000 * statistics.median(p50s), 1000 * statistics.median(p99s)
 
 
+def measure_searcher(searcher, Q: np.ndarray, k: int, *, repeats: int = 3, single: int = 200,
+                     warmup: int = 10) -> dict[str, Any]:
+    """Measure a built searcher (anything with ``search(Q, k)``, ``kernel`` and ``nbytes``): batch
+    throughput with its RSS increase, and single-query latency (see the module doc). Returns the
+    row columns plus ``"results"``, the (scores, ids) of the batch search."""
+    searcher.search(Q[:WARMUP_BATCH], k)     # one-time library set-up (torch's import and pools) outside
+    with RssPeak() as rss:
+        runs = [_timed(searcher.search, Q, k) for _ in range(max(1, repeats))]
+    search_s = statistics.median(t for t, _ in runs)
+    p50, p99 = (single_query_latency(searcher, Q, k, single=single, warmup=warmup, repeats=max(1, repeats))
+                if single > 0 and len(Q) else (None, None))
+    return {"search_kernel": searcher.kernel, "search_s": search_s,
+            "search_qps": len(Q) / max(search_s, 1e-9), "latency_p50_ms": p50, "latency_p99_ms": p99,
+            "search_bytes": int(searcher.nbytes), "search_rss_delta_bytes": rss.delta,
+            "search_threads": faiss.omp_get_max_threads(), "results": runs[-1][1]}
+
+
 def measure_search(pipe, codes: np.ndarray, Q: np.ndarray, k: int, *, repeats: int = 3, single: int = 200,
                    warmup: int = 10) -> dict[str, Any]:
     """Build the searcher of ``codes`` and measure it (see the module doc). Returns the row columns
@@ -129,15 +146,5 @@ def measure_search(pipe, codes: np.ndarray, Q: np.ndarray, k: int, *, repeats: i
     pop before adding the rest to the row."""
     t0 = time.perf_counter()
     build_s, searcher = _timed(pipe.searcher, codes)
-    searcher.search(Q[:WARMUP_BATCH], k)     # one-time library set-up (torch's import and pools) outside
-    with RssPeak() as rss:
-        runs = [_timed(searcher.search, Q, k) for _ in range(max(1, repeats))]
-    search_s = statistics.median(t for t, _ in runs)
-    results = runs[-1][1]
-    p50, p99 = (single_query_latency(searcher, Q, k, single=single, warmup=warmup, repeats=max(1, repeats))
-                if single > 0 and len(Q) else (None, None))
-    return {"search_kernel": searcher.kernel, "build_s": build_s, "search_s": search_s,
-            "search_qps": len(Q) / max(search_s, 1e-9), "latency_p50_ms": p50, "latency_p99_ms": p99,
-            "search_bytes": int(searcher.nbytes), "search_rss_delta_bytes": rss.delta,
-            "search_threads": faiss.omp_get_max_threads(), "speed_s": time.perf_counter() - t0,
-            "results": results}
+    out = measure_searcher(searcher, Q, k, repeats=repeats, single=single, warmup=warmup)
+    return {**out, "build_s": build_s, "speed_s": time.perf_counter() - t0}

@@ -65,14 +65,8 @@ def test_impossible_settings_are_refused(spec):
         parse_spec(spec)
 
 
-@pytest.mark.parametrize("spec,factory", [("TQ2", "SQtq2"), ("TQ5", "SQtq5"), ("TQ1:mse=true", "SQtqmse1"),
-                                          ("TQ4:mse=true", "SQtqmse4"), ("TQ8:mse=true", "SQtqmse8")])
-def test_turboquant_equals_faiss_index_factory(spec, factory, data):
-    """Codes, decoding and top-k equal index_factory's "RR384,<SQtq...>" trained and filled directly."""
-    X, Q = data
-    pipe = parse_spec(spec).fit(X)
-    ref = faiss.index_factory(D, f"RR{D},{factory}", IP)
-    ref.train(X)
+def _assert_same_as_faiss(pipe, ref, X, Q):
+    """The stage's codes, decoded vectors and top-20 equal those of the trained FAISS index ``ref``."""
     codes = pipe.encode(X)
     np.testing.assert_array_equal(codes, ref.sa_encode(X))
     np.testing.assert_array_equal(pipe.decode(codes), ref.sa_decode(codes))
@@ -81,6 +75,18 @@ def test_turboquant_equals_faiss_index_factory(spec, factory, data):
     ref_scores, ref_ids = ref.search(Q, 20)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(scores, ref_scores)
+
+
+
+@pytest.mark.parametrize("spec,factory", [("TQ2", "SQtq2"), ("TQ5", "SQtq5"), ("TQ1:mse=true", "SQtqmse1"),
+                                          ("TQ4:mse=true", "SQtqmse4"), ("TQ8:mse=true", "SQtqmse8")])
+def test_turboquant_equals_faiss_index_factory(spec, factory, data):
+    """Codes, decoding and top-k equal index_factory's "RR384,<SQtq...>" trained and filled directly."""
+    X, Q = data
+    pipe = parse_spec(spec).fit(X)
+    ref = faiss.index_factory(D, f"RR{D},{factory}", IP)
+    ref.train(X)
+    _assert_same_as_faiss(pipe, ref, X, Q)
 
 
 def test_turboquant_without_rotation_is_the_bare_scalar_quantizer(data):
@@ -108,14 +114,7 @@ def test_eden_equals_faiss_index_eden(spec, factory, zero_centre, data):
         ref.is_trained = True
     else:
         ref.train(X)
-    codes = pipe.encode(X)
-    np.testing.assert_array_equal(codes, ref.sa_encode(X))
-    np.testing.assert_array_equal(pipe.decode(codes), ref.sa_decode(codes))
-    ref.add(X)
-    scores, ids = pipe.search(codes, Q, 20)
-    ref_scores, ref_ids = ref.search(Q, 20)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_array_equal(scores, ref_scores)
+    _assert_same_as_faiss(pipe, ref, X, Q)
 
 
 def test_oblivious_stages_give_the_same_codes_whatever_they_are_fitted_on(data):
