@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from compressors import Pipeline, parse_spec
-from compressors.base import Stage, _blob_to_faiss, _faiss_to_blob, _FaissBlob
+from compressors.base import FaissBlob, Stage, blob_to_faiss, faiss_to_blob
 
 from . import settings
 
@@ -100,8 +100,8 @@ def fit_cache_path(pipe: Pipeline, calib: np.ndarray, calib_key: tuple | None = 
 # ---------------------------------------------------------------------------- classes
 def _private_stages() -> dict[str, type[Stage]]:
     """Unregistered helper stages that registered ones nest (the fixed allow-list)."""
-    from compressors.hybrid import _SignMeans
-    return {"hybrid._SignMeans": _SignMeans}
+    from compressors.hybrid import SignMeans
+    return {"hybrid.SignMeans": SignMeans}
 
 
 def _classes() -> dict[str, type[Stage]]:
@@ -134,8 +134,8 @@ def _encode_value(value: Any, key: str, arrays: dict[str, np.ndarray]) -> dict[s
         return {"array": key}
     if isinstance(value, Stage):
         return {"stage": encode_stage(value, key, arrays)}
-    blob = _faiss_to_blob(value)
-    if isinstance(blob, _FaissBlob):
+    blob = faiss_to_blob(value)
+    if isinstance(blob, FaissBlob):
         arrays[key] = blob.data
         return {"faiss": blob.kind, "array": key}
     import scipy.sparse as sp
@@ -176,7 +176,7 @@ def _decode_value(enc: Any, z) -> Any:
     if "faiss" in enc:
         if enc["faiss"] not in ("index", "binary", "transform"):
             raise CacheEntryError(f"unknown FAISS object kind {enc['faiss']!r}")
-        return _blob_to_faiss(_FaissBlob(enc["faiss"], np.ascontiguousarray(z[enc["array"]], dtype=np.uint8)))
+        return blob_to_faiss(FaissBlob(enc["faiss"], np.ascontiguousarray(z[enc["array"]], dtype=np.uint8)))
     if "csr" in enc:
         import scipy.sparse as sp
         k = enc["csr"]

@@ -64,19 +64,23 @@ def plan(config: RunConfig) -> Plan:
                     raise SpecError(f"{spec} on {entry.name} ({entry.dim}-d): {exc}") from None
     _check_calibration(config.calibration)
     for family in config.families:
-        template, _ = family_parts(family, config.budgets)
-        check_template(template, config.axes)
-        if family_calibration(family) is not None:
-            _check_calibration(family_calibration(family))
-        try:
-            for entry in entries:
-                if entry.dim is not None:
-                    expand(replace(config, compressors=[], families=[family]), entry.dim)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
+        _check_family(config, family, entries)
     if config.k < 1:
         raise EmbpressError(f"k must be at least 1, got {config.k}")
     return Plan(config, entries)
+
+
+def _check_family(config: RunConfig, family, entries: list) -> None:
+    template, _ = family_parts(family, config.budgets)
+    check_template(template, config.axes)
+    if family_calibration(family) is not None:
+        _check_calibration(family_calibration(family))
+    try:
+        for entry in entries:
+            if entry.dim is not None:
+                expand(replace(config, compressors=[], families=[family]), entry.dim)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
 
 
 def _check_calibration(cal: str) -> None:
@@ -163,23 +167,21 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
         writer.write_meta()
         echo(f"{ds.name} · {model}: float32 baseline " + ", ".join(f"{m}={v:.2f}" for m, v in baseline.items()))
         cal_paths: dict[str, str | None] = {}
-
-        def cal_path(cal: str) -> str | None:
-            if cal not in cal_paths:
-                cal_paths[cal] = _calibration_path(cal, info if entry is not None else None, writer,
-                                                   config.batch_size, progress)
-            return cal_paths[cal]
-
         dim = next(iter(vectors.values())).shape[1]
         for cell in expand(config, dim):
+            if cell.infeasible is not None:
+                tasks.append(_infeasible_task(model, ds.name, ds.task, cell))
+                continue
             cal = cell.calibration or config.calibration
+            if cal not in cal_paths:     # embedded (other datasets) only when a feasible cell needs it
+                cal_paths[cal] = _calibration_path(cal, info if entry is not None else None, writer,
+                                                   config.batch_size, progress)
             tasks.append(CellTask(
                 cell_id=cell_id(model, ds.name, cell.compressor, cell.budget, cell.calibration), model=model,
                 dataset=name, dataset_label=ds.name, compressor=cell.compressor,
                 vectors=_vector_paths(vectors), truth=str(truth_path), k=config.k,
                 max_queries=config.max_queries, max_docs=config.max_docs, calibration=cal,
-                calibration_path=cal_path(cal), budget=cell.budget, template=cell.template,
-            ) if cell.infeasible is None else _infeasible_task(model, ds.name, ds.task, cell))
+                calibration_path=cal_paths[cal], budget=cell.budget, template=cell.template))
     return tasks
 
 

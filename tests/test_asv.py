@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration   # asv builds and runs the benchmark suite against the project
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "asv_suite"
 BENCHMARKS = {f"families.Speed.{n}" for n in ("time_fit", "time_encode", "time_decode", "time_search",

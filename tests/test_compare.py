@@ -23,6 +23,8 @@ from embpress.cli import main
 from embpress.compare import Thresholds, compare_runs, resolve_run
 from embpress.grid import RunConfig
 
+pytestmark = pytest.mark.integration   # runs on a real scifact sample
+
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ["PQ8x8", "PQ16x8", "SQ4", "BIN"]
 

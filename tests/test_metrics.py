@@ -29,6 +29,7 @@ def test_retrieval_metrics_equal_pytrec_eval(spec, scifact_sample, corpus_vector
     assert 0 < ours["ndcg_at_10"].mean() < 100
 
 
+@pytest.mark.integration
 def test_graded_relevance_matches_pytrec_eval():
     ds = load_dataset("nfcorpus", max_queries=15)
     rng = np.random.default_rng(0)

@@ -10,6 +10,8 @@ from embpress.encoders import VARIANTS, agreement, footprint, variant_names, var
 from embpress.errors import EmbpressError
 from embpress.models import base_entry, load_encoder, model_info, resolve_model
 
+pytestmark = pytest.mark.integration   # the real model and its compressed variants
+
 TEXTS = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply.",
          "Vitamin D deficiency is associated with higher mortality in elderly patients."]
 #: How close each variant's embeddings stay to float32 on TEXTS (cosine); measured 0.946..1.0 here.

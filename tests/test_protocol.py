@@ -77,6 +77,7 @@ def test_merge_is_the_topk_by_score_over_all_folds():
     assert np.array_equal(merge_topk(parts[::-1], 10)[1], merged_i)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", LEARNED)
 def test_shifted_mean_folds_merge_on_one_scale(spec):
     """Two folds with different means get different fits; the merged top-k must be the top-k of
@@ -121,6 +122,7 @@ def test_raw_int8_scores_are_put_in_inner_product_units():
     assert np.array_equal(binary.comparable_scores(Q, s), s.astype(np.float64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["PCA16,SQ8", "PQ8x8", "RQ4x8"])
 def test_a_folds_codes_are_those_of_a_fit_without_that_fold(spec, task_files):
     rng = np.random.default_rng(4)
@@ -251,6 +253,7 @@ def test_grid_rows_carry_the_protocol_and_in_sample_reproduces_a_direct_fit(tmp_
     assert i.loc[("scifact", "PQ16x8"), "ndcg_at_10"] == pytest.approx(direct, abs=1e-9)
 
 
+@pytest.mark.integration
 def test_a_fold_too_small_for_the_codec_is_infeasible(tmp_path):
     df = _grid(tmp_path, "small", datasets=["scifact"], compressors=["PQ16x8", "SQ8"], max_docs=300)
     row = df.set_index("compressor").loc["PQ16x8"]

@@ -172,7 +172,7 @@ def browser(tmp_path):
 
 # ---------------------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
-def quick_report():
+def quick_report(mirror):
     df = embpress.run(grid="quick", progress=False)
     run_dir = Path(df.attrs["run_dir"])
     return run_dir, build_report(run_dir)
