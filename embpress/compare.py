@@ -41,15 +41,16 @@ import pandas as pd
 
 from . import settings
 from .errors import EmbpressError
+from .metrics import METRICS, Metric
 from .report import markdown_table, resolve_run as resolve_run_folder
 from .results import load_run
 from .stats import baseline_path, load_npz, paired_arrays, paired_bootstrap
 
 KEY = ["dataset", "model", "compressor", "budget"]
-#: Speed figures: (column, kind, count column). Time per run is n / throughput, or fit_s itself.
-SPEED = [("encode_vps", "throughput", "n_vectors"), ("search_qps", "throughput", "n_queries"),
-         ("fit_s", "seconds", None)]
+#: The timed operations compared, in the summary's order, and the metric that times each: seconds,
+#: or a throughput whose time per run is the registry's count column (``Metric.per``) / throughput.
 SPEED_LABEL = {"encode_vps": "encode", "search_qps": "search", "fit_s": "fit"}
+SPEED = [METRICS[col] for col in SPEED_LABEL]
 
 
 @dataclass
@@ -157,13 +158,13 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _seconds(row: dict, col: str, kind: str, count: str | None) -> float | None:
-    v = _num(row.get(col))
+def _seconds(row: dict, metric: Metric) -> float | None:
+    v = _num(row.get(metric.name))
     if v is None:
         return None
-    if kind == "seconds":
+    if metric.unit == "s":
         return v
-    n = _num(row.get(count)) if count else None
+    n = _num(row.get(metric.per)) if metric.per else None
     if v <= 0:
         return None
     return (n if n is not None else 1.0) / v
@@ -231,8 +232,9 @@ def compare_cell(a_dir: Path, a: dict, b_dir: Path, b: dict, t: Thresholds) -> d
         row.update(bytes_a=ba, bytes_b=bb)
         if ba is not None and bb is not None and bb > ba:
             flags.append(f"bytes: {ba:g} -> {bb:g} per vector")
-        for col, kind, count in SPEED:
-            sa, sb = _seconds(a, col, kind, count), _seconds(b, col, kind, count)
+        for metric in SPEED:
+            col = metric.name
+            sa, sb = _seconds(a, metric), _seconds(b, metric)
             label = SPEED_LABEL[col]
             if sa is None or sb is None or sa <= 0:
                 continue

@@ -18,15 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .metrics import METRICS as _DIR  # noqa: E402
+from .metrics import METRICS, label as metric_label  # noqa: E402
 from .stats import pareto_mask  # noqa: E402
 
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "embpress", "font.size": 9,
                      "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False})
 
-METRIC_LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10",
-                 "spearman": "Spearman", "knn_recall_at_10": "neighbour recall@10",
-                 "knn_recall_at_100": "neighbour recall@100"}
 FRONTIER = dict(color="black", linewidth=1.2, linestyle=(0, (4, 2)), zorder=6)
 RESCORE = re.compile(r":rescore=(\d+)")
 RESCORE_WITH = re.compile(r":rescore_with=[^:]*")
@@ -119,7 +116,7 @@ def _lines(ax, g: pd.DataFrame, x: str, y: str, colour: dict, err: tuple[str, st
             yerr = np.vstack([(pts[y] - pts[err[0]] * s).clip(lower=0), (pts[err[1]] * s - pts[y]).clip(lower=0)])
             ax.errorbar(pts[x], pts[y], yerr=yerr, fmt="none", ecolor=c, alpha=0.35, linewidth=0.8, zorder=2)
         ax.scatter(pts[x], pts[y], s=16, color=c, marker=m, alpha=0.55, linewidths=0, zorder=3)
-        best = pts[pareto_mask(pts, (x, y))].sort_values(x) if x in _DIR and y in _DIR else pts
+        best = pts[pareto_mask(pts, (x, y))].sort_values(x) if x in METRICS and y in METRICS else pts
         ax.plot(best[x], best[y], color=c, marker=m, markersize=4, linewidth=1.4, label=str(line), zorder=4)
 
 
@@ -130,7 +127,7 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
         return None
 
     def draw(ax, panel, g):
-        metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
+        metric = metric_label(g["main_metric"].iloc[0])
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _frontier(ax, g[g.pareto], "bytes_per_vector", "retained_pct")
         _lines(ax, g, "bytes_per_vector", "retained_pct", colour, err=("ci_low", "ci_high"))
@@ -155,7 +152,7 @@ def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
         return None
 
     def draw(ax, panel, g):
-        metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
+        metric = metric_label(g["main_metric"].iloc[0])
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         for (line, proto), pts in g.groupby(["line", g.protocol == "in-sample"], sort=True):
             pts = pts.sort_values("bytes_per_vector")

@@ -17,15 +17,16 @@ import pandas as pd
 
 from . import settings
 from .embed import library_versions
+from .metrics import console_columns, of_kind
 
-#: Columns every result table has, in this order (further columns follow).
-COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "budget", "template", "dim", "out_dim",
-           "bytes_per_vector", "overhead_bytes", "amortised_bytes_corpus", "amortised_bytes_1m", "compression_ratio",
-           "ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman",
-           "knn_recall_at_10", "knn_recall_at_100", "main_metric", "quality", "baseline_quality",
-           "retained_pct", "fit_s", "encode_vps", "search_qps", "latency_p50_ms", "latency_p99_ms",
-           "search_kernel", "search_bytes", "search_rss_delta_bytes", "protocol", "calibration", "folds", "fold_seed",
-           "n_train", "n_vectors", "n_queries", "fit_cached", "overhead_flag", "warnings", "error", "cell_id"]
+#: Columns every result table has, in this order (further columns follow): the cell, then the
+#: registered metrics grouped by kind (``embpress.metrics.KINDS``) with the columns that go with
+#: them, then how the cell was fitted and what it says.
+COLUMNS = (["dataset", "task", "model", "compressor", "family", "status", "budget", "template", "dim", "out_dim"]
+           + of_kind("storage") + of_kind("quality") + ["main_metric", "quality", "baseline_quality"]
+           + of_kind("summary") + of_kind("speed") + ["search_kernel"] + of_kind("memory") + ["search_rss_delta_bytes"]
+           + ["protocol", "calibration", "folds", "fold_seed", "n_train", "n_vectors", "n_queries", "fit_cached",
+              "overhead_flag", "warnings", "error", "cell_id"])
 
 
 def git_state() -> dict[str, Any]:
@@ -269,14 +270,8 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 def format_table(df: pd.DataFrame) -> str:
     """The console table: one block per dataset and model."""
-    cols = ["compressor", "bytes_per_vector", "compression_ratio", "ndcg_at_10", "recall_at_100",
-            "mrr_at_10", "spearman", "knn_recall_at_10", "retained_pct", "fit_s", "encode_vps",
-            "search_qps", "latency_p50_ms", "status"]
-    short = {"bytes_per_vector": "B/vec", "compression_ratio": "ratio", "ndcg_at_10": "nDCG@10",
-             "recall_at_100": "R@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
-             "knn_recall_at_10": "kNN-R@10", "retained_pct": "retained%", "fit_s": "fit s",
-             "encode_vps": "enc vec/s", "search_qps": "search q/s",
-             "latency_p50_ms": "p50 ms"}
+    short = console_columns()
+    cols = ["compressor", *short, "status"]
     blocks = []
     for (dataset, model), group in df.groupby(["dataset", "model"], sort=False):
         g = group[[c for c in cols if c in group and group[c].notna().any()]].rename(columns=short)

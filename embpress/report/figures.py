@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..metrics import METRICS
+from ..metrics import METRICS, label
 from ..stats import pareto_mask
 from .analysis import GROUP, GROUPS, QUALITY_LINE
 
@@ -21,16 +21,6 @@ POINT_FIELDS = {"compressor": "spec", "family": "family", "group": "group", "pro
                 "ci_low": "95 % CI low", "ci_high": "95 % CI high", "speedup": "search speed-up vs float32",
                 "search_kernel": "search kernel", "latency_p50_ms": "latency p50 ms",
                 "latency_p99_ms": "latency p99 ms", "search_bytes": "bytes scanned per vector"}
-LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
-          "knn_recall_at_10": "neighbour recall@10", "knn_recall_at_100": "neighbour recall@100",
-          "retained_pct": "retained %", "bytes_per_vector": "bytes per vector", "overhead_bytes": "fixed bytes",
-          "amortised_bytes_corpus": "bytes/vector with fixed bytes (corpus)",
-          "amortised_bytes_1m": "bytes/vector with fixed bytes (1 M vectors)", "compression_ratio": "× smaller",
-          "fit_s": "fit s", "encode_vps": "encode vectors/s", "search_qps": "search queries/s"}
-
-
-def label(col: str) -> str:
-    return LABELS.get(col, col.replace("_", " "))
 
 
 def _round(v):
