@@ -12,7 +12,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,10 +325,3 @@ def ground_truth(ds, vectors: dict[str, np.ndarray], k: int) -> tuple[dict[str, 
     arrays["gold"] = np.asarray(ds.scores, dtype=np.float64)
     return arrays, {"spearman": sts_spearman(cos, ds.scores)}
 
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray], **extra: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays, **{k: np.asarray(json.dumps(v)) for k, v in extra.items()})
-    tmp.replace(path)

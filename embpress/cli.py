@@ -212,7 +212,8 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .results import format_table, load_run
+    from .results import format_table
+    from .runfolder import load_run
     if not (args.run / "run.json").is_file():
         raise EmbpressError(f"{args.run} is not a run folder (no run.json)")
     df, meta = load_run(args.run)

@@ -43,8 +43,9 @@ from . import settings
 from .errors import EmbpressError
 from .metrics import METRICS, Metric
 from .report import markdown_table, resolve_run as resolve_run_folder
-from .results import load_run
-from .stats import baseline_path, load_npz, paired_arrays, paired_bootstrap
+from .files import load_npz, write_text
+from .runfolder import RunFolder, load_run
+from .stats import paired_arrays, paired_bootstrap
 
 KEY = ["dataset", "model", "compressor", "budget"]
 #: The timed operations compared, in the summary's order, and the metric that times each: seconds,
@@ -172,8 +173,8 @@ def _seconds(row: dict, metric: Metric) -> float | None:
 
 def _same_queries(a_dir: Path, a: dict, b_dir: Path, b: dict) -> bool:
     """Whether the per-query arrays of both cells are over the same queries (or pairs), in order."""
-    return _same_baseline_queries(str(baseline_path(a_dir, a["model"], a["dataset"])),
-                                  str(baseline_path(b_dir, b["model"], b["dataset"])))
+    return _same_baseline_queries(str(RunFolder(a_dir).baseline(a["model"], a["dataset"])),
+                                  str(RunFolder(b_dir).baseline(b["model"], b["dataset"])))
 
 
 @lru_cache(maxsize=64)
@@ -386,10 +387,9 @@ def run_compare(run_a: str, run_b: str, thresholds: Thresholds | None = None, ou
     c = compare_runs(run_a, run_b, thresholds)
     failure = gate_failure(c, intersection)
     text = to_markdown(c) + (f"\n**Gate failed**: {failure}\n" if failure else "")
-    out = Path(out) if out is not None else c.b_dir / f"compare-{c.a_meta.get('run_id', c.a_dir.name)}.md"
+    out = Path(out) if out is not None else RunFolder(c.b_dir).compare_summary(c.a_meta.get("run_id", c.a_dir.name))
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_text(out, text)
     except OSError as exc:
         raise EmbpressError(f"cannot write the summary to {out}: {exc}") from None
     echo(text)

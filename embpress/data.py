@@ -32,6 +32,7 @@ import numpy as np
 
 from . import settings
 from .errors import EmbpressError
+from .files import atomic_write, write_text
 from .validate import check_gold, check_qrels, check_unique
 
 DOWNLOAD_TIMEOUT_S = 20
@@ -128,10 +129,7 @@ def verify_files(card: DatasetCard, folder: Path) -> None:
         stamps[key] = [st.st_size, st.st_mtime_ns, expect["sha256"]]
         changed = True
     if changed:
-        stamp_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stamps, indent=1))
-        tmp.replace(stamp_path)
+        write_text(stamp_path, json.dumps(stamps, indent=1))
 
 
 def _download(card: DatasetCard, dest: Path) -> None:
@@ -143,15 +141,13 @@ def _download(card: DatasetCard, dest: Path) -> None:
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / url.rsplit("/", 1)[-1]
     if not archive.is_file():
-        tmp = archive.with_suffix(archive.suffix + ".part")
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
-            shutil.copyfileobj(resp, out)
-        if card.source.get("md5"):
-            md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
-            if md5 != card.source["md5"]:
-                tmp.unlink()
+        def fetch(tmp: Path) -> None:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
+                shutil.copyfileobj(resp, out)
+            md5 = hashlib.md5(tmp.read_bytes()).hexdigest() if card.source.get("md5") else None
+            if md5 is not None and md5 != card.source["md5"]:
                 raise OSError(f"downloaded archive has md5 {md5}, the card expects {card.source['md5']}")
-        tmp.replace(archive)
+        atomic_write(archive, fetch)
     with tempfile.TemporaryDirectory(dir=downloads) as tmpdir:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -428,7 +424,7 @@ def _read_ids(path: Path, n: int, what: str) -> list[str]:
     return ids
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as exc:
@@ -447,7 +443,7 @@ def _load_npy(path: Path) -> np.ndarray:
 def load_vector_folder(name: str, *, seed: int = 0) -> VectorDataset:
     path = Path(name).resolve()
     if (path / "sentences1.npy").is_file():
-        a, b = _load_npy(path / "sentences1.npy"), _load_npy(path / "sentences2.npy")
+        a, b = load_npy(path / "sentences1.npy"), load_npy(path / "sentences2.npy")
         try:
             scores = np.load(path / "scores.npy").astype(np.float64).ravel()
         except (OSError, ValueError) as exc:
@@ -458,12 +454,12 @@ def load_vector_folder(name: str, *, seed: int = 0) -> VectorDataset:
         check_gold(scores, f"{path}")
         return VectorDataset(path, "sts", {"sentences1": a, "sentences2": b}, scores=scores,
                              location=f"folder:{path}")
-    corpus = _load_npy(path / "corpus.npy")
+    corpus = load_npy(path / "corpus.npy")
     corpus_ids = _read_ids(path / "corpus_ids.txt", len(corpus), "corpus")
     check_unique(corpus_ids, "corpus", f"{path}/corpus_ids.txt")
     held_out = 0
     if (path / "queries.npy").is_file():
-        queries = _load_npy(path / "queries.npy")
+        queries = load_npy(path / "queries.npy")
         if queries.shape[1] != corpus.shape[1]:
             raise EmbpressError(f"{path}: queries are {queries.shape[1]}-d, the corpus {corpus.shape[1]}-d")
         query_ids = _read_ids(path / "query_ids.txt", len(queries), "query")

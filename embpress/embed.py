@@ -23,6 +23,7 @@ import numpy as np
 from . import settings
 from .data import sha256_content
 from .errors import EmbpressError
+from .files import save_npy, write_text
 from .models import ModelInfo, load_encoder
 
 log = logging.getLogger("embpress")
@@ -133,19 +134,13 @@ def embed(info: ModelInfo, dataset: str, split: str, part: str, texts: list[str]
     seconds = time.perf_counter() - t0
     if not np.isfinite(vecs).all():
         raise EmbpressError(f"{info.entry.name} produced NaN or infinite embeddings for {dataset}/{part}")
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_suffix(".npy.part")
-    with open(tmp, "wb") as f:
-        np.save(f, vecs)
-    tmp.replace(npy)
+    save_npy(npy, vecs)
     manifest = {"key": key, "ids": list(ids), "shape": list(vecs.shape), "dtype": "float32",
                 "sha256": sha256_content(npy)[0], "seconds": round(seconds, 3),
                 "texts_per_s": round(len(texts) / seconds, 2) if seconds > 0 else None,
                 "model": info.as_dict(), "versions": library_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = manifest_path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(manifest))
-    tmp.replace(manifest_path)
+    write_text(manifest_path, json.dumps(manifest))
     log.info("embeddings %s/%s/%s: %d × %d encoded in %.1f s (%.1f texts/s), cached at %s",
              dataset, split, part, *vecs.shape, seconds, len(texts) / max(seconds, 1e-9), npy)
     return np.load(npy, mmap_mode="r")

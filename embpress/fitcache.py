@@ -30,8 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +41,7 @@ from compressors import Pipeline, parse_spec
 from compressors.base import FaissBlob, Stage, blob_to_faiss, faiss_to_blob
 
 from . import settings
+from .files import save_npz, write_text
 
 log = logging.getLogger("embpress")
 
@@ -266,26 +265,13 @@ def load_entry(path: Path, expected: dict[str, Any], calib: np.ndarray) -> tuple
     return pipe, float(side["fit_s"])
 
 
-def _tmp(path: Path, suffix: str) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{suffix}.part")
-
-
 def save_entry(path: Path, pipe: Pipeline, expected: dict[str, Any], fit_s: float, n_train: int) -> None:
     """Write the arrays, then the sidecar (each atomically; the sidecar names the arrays' checksum)."""
     doc, arrays = encode_pipeline(pipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path, ".npz")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, __pipeline__=np.asarray(json.dumps(doc)), **arrays)
-        tmp.replace(path)
-        side = {**expected, "fit_s": fit_s, "n_train": n_train, "npz_sha256": _sha256(path),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = _tmp(path, ".json")
-        tmp.write_text(json.dumps(side, indent=1), encoding="utf-8")
-        tmp.replace(path.with_suffix(".json"))
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_npz(path, {"__pipeline__": np.asarray(json.dumps(doc)), **arrays})
+    side = {**expected, "fit_s": fit_s, "n_train": n_train, "npz_sha256": _sha256(path),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_text(path.with_suffix(".json"), json.dumps(side, indent=1))
 
 
 def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True, calib_key: tuple | None = None,

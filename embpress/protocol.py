@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from compressors import SpecError
+
+from .data import load_card, load_npy
+from .errors import EmbpressError
 
 #: The calibration a run uses unless told otherwise.
 DEFAULT_CALIBRATION = "crossfit:2"
@@ -73,6 +77,20 @@ def parse_calibration(cal: str) -> Protocol:
         return Protocol("external")
     raise SpecError(f"calibration {cal!r} must be crossfit[:K], sample:N, corpus, dataset:NAME[+NAME...] "
                     "or file:PATH.npy")
+
+
+def check_calibration(cal: str) -> None:
+    """A calibration a run can use: its string parses, its datasets have cards, its file is a
+    readable float matrix; EmbpressError (one line) otherwise."""
+    try:
+        parse_calibration(cal)
+    except SpecError as exc:
+        raise EmbpressError(str(exc)) from None
+    if cal.startswith("dataset:"):
+        for name in cal[8:].split("+"):
+            load_card(name)
+    elif cal.startswith("file:"):
+        load_npy(Path(cal[5:]))
 
 
 def fold_of(ids: list[str], folds: int, seed: int = FOLD_SEED) -> np.ndarray:

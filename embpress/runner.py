@@ -23,14 +23,16 @@ import pandas as pd
 
 from compressors import SpecError, parse_spec
 
-from .cells import CellTask, ground_truth, run_cell, save_npz
+from .cells import CellTask, ground_truth, run_cell
 from .data import is_vector_folder, load_card, load_dataset, load_vector_folder
 from .embed import embed_dataset
 from .errors import EmbpressError
 from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
 from .models import model_info, resolve_model
-from .protocol import parse_calibration
-from .results import RunWriter, format_table, io_failure, new_run_dir
+from .protocol import check_calibration
+from .results import format_table
+from .files import save_npy
+from .runfolder import RunFolder, RunWriter, io_failure, new_run_dir
 from .validate import check_config, check_int
 
 log = logging.getLogger("embpress")
@@ -62,7 +64,7 @@ def plan(config: RunConfig) -> Plan:
                     pipe.check_dim(entry.dim)
                 except SpecError as exc:
                     raise SpecError(f"{spec} on {entry.name} ({entry.dim}-d): {exc}") from None
-    _check_calibration(config.calibration)
+    check_calibration(config.calibration)
     for family in config.families:
         _check_family(config, family, entries)
     if config.k < 1:
@@ -74,26 +76,13 @@ def _check_family(config: RunConfig, family, entries: list) -> None:
     template, _ = family_parts(family, config.budgets)
     check_template(template, config.axes)
     if family_calibration(family) is not None:
-        _check_calibration(family_calibration(family))
+        check_calibration(family_calibration(family))
     try:
         for entry in entries:
             if entry.dim is not None:
                 expand(replace(config, compressors=[], families=[family]), entry.dim)
     except (KeyError, IndexError, ValueError) as exc:
         raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
-
-
-def _check_calibration(cal: str) -> None:
-    try:
-        parse_calibration(cal)
-    except SpecError as exc:
-        raise EmbpressError(str(exc)) from None
-    if cal.startswith("dataset:"):
-        for name in cal[8:].split("+"):
-            load_card(name)
-    elif cal.startswith("file:"):
-        from .data import _load_npy
-        _load_npy(Path(cal[5:]))
 
 
 def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progress: bool) -> str | None:
@@ -111,9 +100,8 @@ def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progre
         parts.append(vecs["corpus"] if "corpus" in vecs else np.concatenate([vecs["sentences1"], vecs["sentences2"]]))
     if len(parts) == 1:
         return str(parts[0].filename)
-    path = writer.dir / "vectors" / f"calibration__{_safe(info.entry.name)}__{_safe(cal[8:])}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.concatenate([np.asarray(p) for p in parts]).astype(np.float32))
+    path = writer.folder.vectors("calibration", info.entry.name, cal[8:])
+    save_npy(path, np.concatenate([np.asarray(p) for p in parts]).astype(np.float32))
     return str(path)
 
 
@@ -161,8 +149,7 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
                                             "split": getattr(getattr(ds, "card", None), "split", None),
                                             "source": name}
         arrays, baseline = ground_truth(ds, vectors, config.k)
-        truth_path = writer.dir / "per_query" / f"baseline__{_safe(model)}__{_safe(ds.name)}.npz"
-        save_npz(truth_path, arrays, baseline=baseline)
+        truth_path = writer.save_baseline(model, ds.name, arrays, baseline)
         writer.meta.setdefault("baselines", {})[f"{model}|{ds.name}"] = baseline
         writer.write_meta()
         echo(f"{ds.name} · {model}: float32 baseline " + ", ".join(f"{m}={v:.2f}" for m, v in baseline.items()))
@@ -185,18 +172,13 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
     return tasks
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _as_file_backed(run_dir: Path, name: str, part: str, arr) -> Any:
     """Vectors of a bring-your-own folder that were sliced in memory are written once to the run."""
     import numpy as np
     if getattr(arr, "filename", None):
         return arr
-    path = run_dir / "vectors" / f"{_safe(Path(name).name)}__{part}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(arr, dtype=np.float32))
+    path = RunFolder(run_dir).vectors(Path(name).name, part)
+    save_npy(path, np.asarray(arr, dtype=np.float32))
     return np.load(path, mmap_mode="r")
 
 
@@ -270,7 +252,7 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
     try:
         for task, (row, per_query) in _iter_results(runnable, executor, workers, threads, scheduler):
             if per_query:
-                save_npz(writer.dir / "per_query" / f"{task.cell_id}.npz", per_query)
+                writer.save_cell_arrays(task.cell_id, per_query)
             row.update(writer.meta.get("model_profiles", {}).get(task.model, {}))
             writer.add_cell(row)
             bar.set_postfix_str(f"{row['dataset']} {task.compressor}", refresh=False)

@@ -18,7 +18,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from .files import load_npz
 from .metrics import METRICS
+from .runfolder import RunFolder
 
 Statistic = str | Callable[[np.ndarray, np.ndarray | None], float]
 
@@ -91,23 +93,12 @@ def paired_bootstrap(compressed_per_query, baseline_per_query, statistic: Statis
 
 
 # ---------------------------------------------------------------------------- per-query files of a run
-def baseline_path(run_dir: Path, model: str, dataset: str) -> Path:
-    """Where the runner saved a (model, dataset)'s float32 ground truth."""
-    from .runner import _safe
-    return Path(run_dir) / "per_query" / f"baseline__{_safe(model)}__{_safe(dataset)}.npz"
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def paired_arrays(run_dir: Path, row) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None] | None:
     """(compressed per query, baseline per query, statistic, gold) of one ok cell's main metric, or
     None when its per-query files are missing."""
-    run_dir = Path(run_dir)
-    cell = run_dir / "per_query" / f"{row['cell_id']}.npz"
-    base = baseline_path(run_dir, row["model"], row["dataset"])
+    folder = RunFolder(run_dir)
+    cell = folder.cell_arrays(row["cell_id"])
+    base = folder.baseline(row["model"], row["dataset"])
     if not (cell.is_file() and base.is_file()):
         return None
     c, b = load_npz(cell), load_npz(base)
@@ -234,18 +225,17 @@ def retained_cis(run_dir: Path, rows: pd.DataFrame, n_boot: int = 1000, seed: in
     ``rows``; NaN where per-query files are missing): the same resamples and the same intervals as
     one :func:`paired_bootstrap` per row, with the draw counts, the baseline's statistic and the gold
     ranks computed once per (model, dataset) and the means as one matrix product."""
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     out = pd.DataFrame({"ci_low": np.nan, "ci_high": np.nan}, index=rows.index)
     for (model, dataset), g in rows.groupby(["model", "dataset"], sort=False):
-        base_file = baseline_path(run_dir, model, dataset)
+        base_file = folder.baseline(model, dataset)
         if not base_file.is_file():
             continue
         base, resamples, baseline_stat = load_npz(base_file), {}, {}
         for i, row in g.iterrows():
-            cell = run_dir / "per_query" / f"{row['cell_id']}.npz"
-            if pd.isna(row.get("cell_id")) or not cell.is_file():
+            if pd.isna(row.get("cell_id")) or not folder.cell_arrays(row["cell_id"]).is_file():
                 continue
-            c = load_npz(cell)
+            c = load_npz(folder.cell_arrays(row["cell_id"]))
             if row["task"] == "sts":
                 x, b, key = c["similarity"], base["similarity"], "spearman"
             else:

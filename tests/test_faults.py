@@ -20,7 +20,8 @@ from embpress import fitcache
 from embpress.cli import main
 from embpress.errors import EmbpressError
 from embpress.grid import RunConfig
-from embpress.results import read_cells
+from embpress.files import temporary_path
+from embpress.runfolder import read_cells
 from embpress.runner import run
 from embpress.validate import metric_problem
 
@@ -79,7 +80,7 @@ def test_disk_full_when_writing_the_table_keeps_every_cell(done_run, tmp_path, c
     lines = (r / "cells.jsonl").read_text().splitlines()
     (r / "cells.jsonl").write_text("\n".join(lines[:2]) + "\n")          # killed after two cells
     (r / "results.parquet").unlink()
-    (r / f"results.parquet.{os.getpid()}.part").symlink_to("/dev/full")   # where the table is written
+    temporary_path(r / "results.parquet").symlink_to("/dev/full")   # where the table is written
     assert main(["run", "--resume", str(r), "--no-progress", "--no-report", "-q"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "results.parquet" in line and "No space left on device" in line
@@ -99,7 +100,7 @@ def test_fit_cache_disk_full_still_fits(tmp_path, monkeypatch, caplog):
     X = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
     path = fitcache.fit_cache_path(parse_spec("PCA8,SQ8"), X)
     path.parent.mkdir(parents=True)
-    fitcache._tmp(path, ".npz").symlink_to("/dev/full")
+    temporary_path(path).symlink_to("/dev/full")     # where the arrays are written first
     pipe, _, cached = fitcache.fit_pipeline(parse_spec("PCA8,SQ8"), X)
     assert not cached and pipe.encode(X).shape == (200, 8) and not path.exists()
     assert any("not cached" in r.message and "No space left" in r.message for r in caplog.records)

@@ -27,7 +27,7 @@ import embpress
 import embpress.runner
 from embpress.cli import main as cli_main
 from embpress.report import build_report
-from embpress.results import load_run
+from embpress.runfolder import load_run
 from embpress.stats import bootstrap_indices, paired_bootstrap, pareto_mask
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,7 +15,9 @@ from .. import settings
 from ..errors import EmbpressError
 from ..metrics import METRICS
 from ..protocol import describe as protocol_text
-from ..results import COLUMNS, load_run
+from ..files import write_text
+from ..results import COLUMNS
+from ..runfolder import load_run
 from . import figures
 from .analysis import (GROUPS, N_BOOT, QUALITY_LINE, WITHIN_POINTS, best_per_budget, budgets_of, overall_frontier,
                        prepare, resolve_run, speed_basis, winner_rows)
@@ -280,8 +282,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     html = render(f"embpress report {meta.get('run_id', '')}", header, page.toc, "".join(page.parts),
                   list(dict.fromkeys(df["panel"])), figures.vega_bundle() if specs else "", points,
                   figures.specs_json(specs))
-    index, tmp = out / "index.html", out / "index.html.part"
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(index)
+    index = out / "index.html"
+    write_text(index, html)
     log.info("report: %s (%.1f s)", index, time.perf_counter() - t0)
     return index

@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..files import write_text
 from ..metrics import METRICS, label
 from ..stats import pareto_mask
 from .analysis import GROUP, GROUPS, QUALITY_LINE
@@ -157,10 +157,7 @@ def vega_bundle() -> str:
     import vl_convert
     bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        tmp.write_text(bundle, encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, bundle)
     except OSError:       # a read-only cache: bundle again next time
         pass
     return bundle

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EmbpressError
-from ..stats import baseline_path, load_npz
+from ..files import load_npz
+from ..runfolder import RunFolder
 
 EXAMPLES_PER_CELL = 3
 
@@ -55,7 +56,8 @@ def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.Da
     if texts.qrels is None or rows.empty:
         return pd.DataFrame(), {}
     first = rows.iloc[0]
-    base_file = baseline_path(run_dir, first["model"], first["dataset"])
+    folder = RunFolder(run_dir)
+    base_file = folder.baseline(first["model"], first["dataset"])
     if not base_file.is_file():
         return pd.DataFrame(), {}
     base = load_npz(base_file)
@@ -70,7 +72,7 @@ def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.Da
     base_ndcg = base.get("ndcg_at_10")
     summary, examples = [], {}
     for _, row in rows.iterrows():
-        path = run_dir / "per_query" / f"{row['cell_id']}.npz"
+        path = folder.cell_arrays(row["cell_id"])
         if not path.is_file():
             continue
         pq = load_npz(path)
