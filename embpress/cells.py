@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from compressors import Pipeline, SpecError, config_context, parse_spec
-from compressors.base import cosine_rows, knn_inner_product
 
-from .fitcache import calibration_digest, fit_cache_path, fit_pipeline  # noqa: F401
-from .validate import metric_problem
-from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
-from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
+from .data import load_dataset
+from .fitcache import fit_pipeline
+from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of,
                        overhead_flag, parse_calibration, training_rows)
-from .speed import measure_search
+from .tasks import TASKS, Task, TaskData, task_of
+from .validate import metric_problem
+from .vector_folders import is_vector_folder, load_vector_folder
 
 
 @dataclass(frozen=True)
@@ -63,21 +63,8 @@ def limit_threads(n: int) -> None:
     _THREADS = n
 
 
-@dataclass
-class Context:
-    task: str
-    vectors: dict[str, np.ndarray]
-    corpus_ids: list[str] = field(default_factory=list)
-    query_ids: list[str] = field(default_factory=list)
-    qrels: dict | None = None
-    scores: np.ndarray | None = None
-    exact_ids: np.ndarray | None = None
-    baseline: dict[str, float] = field(default_factory=dict)
-
-
 @lru_cache(maxsize=8)
-def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: str) -> Context:
-    from .data import is_vector_folder, load_dataset, load_vector_folder
+def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: str) -> TaskData:
     vecs = {part: np.load(path, mmap_mode="r") for part, path in vectors}
     if is_vector_folder(dataset):
         ds = load_vector_folder(dataset)
@@ -86,26 +73,14 @@ def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: st
     with np.load(truth, allow_pickle=False) as z:
         exact = z["exact_ids"] if "exact_ids" in z else None
         baseline = json.loads(str(z["baseline"]))
-    return Context(ds.task, vecs, list(getattr(ds, "corpus_ids", [])), list(getattr(ds, "query_ids", [])),
-                   getattr(ds, "qrels", None), getattr(ds, "scores", None), exact, baseline)
+    return TaskData.of(ds, vecs, exact_ids=exact, baseline=baseline)
 
 
-def context_for(task: CellTask) -> Context:
+def context_for(task: CellTask) -> TaskData:
     return _load_context(task.dataset, task.max_queries, task.max_docs, task.vectors, task.truth)
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _stored(ctx: Context) -> tuple[np.ndarray, list[str]]:
-    """The vectors a cell stores and the ids that assign them to folds: the corpus and its ids
-    (retrieval, neighbours), or both sentences of every pair with the pair's index twice (STS, so
-    a pair never straddles two folds)."""
-    if ctx.task in ("retrieval", "neighbours"):
-        return ctx.vectors["corpus"], ctx.corpus_ids
-    s1, s2 = ctx.vectors["sentences1"], ctx.vectors["sentences2"]
-    pairs = [f"pair:{i}" for i in range(len(s1))]
-    return np.concatenate([s1, s2]), pairs + pairs
-
-
 def _external_calibration(task: CellTask) -> np.ndarray:
     if not task.calibration_path:
         raise SpecError(f"calibration {task.calibration!r} has no vectors (dataset:NAME or file:PATH.npy)")
@@ -165,30 +140,6 @@ def fit_cell(task: CellTask, pipe: Pipeline, stored: np.ndarray, ids: list[str])
     return Fits(proto.label, [fitted], None, [fit_s], [cached], [len(calib)])
 
 
-def _search_crossfit(fits: Fits, stored: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
-    """Top-k ids over the whole corpus: each fold's codes searched with its own pipeline, the
-    lists merged by scores put on one scale."""
-    parts = []
-    for f, pipe in enumerate(fits.pipes):
-        rows = np.flatnonzero(fits.fold_ids == f)
-        if not len(rows):
-            continue
-        scores, local = pipe.search(pipe.encode(stored[rows]), Q, k)
-        parts.append((pipe.comparable_scores(Q, scores), np.where(local >= 0, rows[np.maximum(local, 0)], -1)))
-    return merge_topk(parts, k)[1]
-
-
-def _similarity_crossfit(fits: Fits, stored: np.ndarray, n: int) -> np.ndarray:
-    """STS similarity of every pair, scored by the pipeline of the pair's fold."""
-    sim = np.empty(n, dtype=np.float64)
-    pair_fold = fits.fold_ids[:n]
-    for f, pipe in enumerate(fits.pipes):
-        rows = np.flatnonzero(pair_fold == f)
-        if len(rows):
-            sim[rows] = pipe.pair_similarity(pipe.encode(stored[rows]), pipe.encode(stored[n + rows]))
-    return sim
-
-
 def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> None:
     """Bytes, training and protocol columns, from the first pipeline (every fold stores the same)."""
     pipe = fits.pipes[0]
@@ -208,18 +159,18 @@ def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> No
 def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one cell; returns (result row, per-query arrays).
 
-    Quality comes from the cell's protocol (cross-fitted folds merged, or one fit). Encode and
-    search times are measured on one pipeline over the full corpus, so a cross-fitted cell's
-    timings compare with every other cell's."""
+    Quality comes from the cell's protocol (cross-fitted folds merged, or one fit), scored by the
+    dataset's task type (``embpress.tasks``) exactly as its float32 baseline was. Encode and search
+    times are measured on one pipeline over the full corpus, so a cross-fitted cell's timings
+    compare with every other cell's."""
     limit_threads(task.threads)
     ctx = context_for(task)
+    kind = task_of(ctx.task)
     row: dict[str, Any] = {"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                            "task": ctx.task, "compressor": task.compressor, "status": "ok",
                            "budget": task.budget, "template": task.template}
-    per_query: dict[str, np.ndarray] = {}
-    retrieval = ctx.task in ("retrieval", "neighbours")
-    stored, ids = _stored(ctx)
-    row["calibration"] = "pairs" if not retrieval and task.calibration == "corpus" else task.calibration
+    stored, ids = kind.stored_vectors(ctx.vectors), kind.stored_ids(ctx)
+    row["calibration"] = kind.stored if task.calibration == "corpus" else task.calibration
     dim = stored.shape[1]
     row["dim"] = dim
     try:
@@ -231,56 +182,36 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row["fit_wall_s"] = time.perf_counter() - t0   # the fits, or loading them from the cache
     except SpecError as exc:
         row.update(status="infeasible", error=str(exc))
-        return row, per_query
+        return row, {}
     _accounting(row, fits, dim, len(stored))
-    pipe = fits.pipes[0]
+    codes = _encode(row, fits.pipes[0], stored, task.compressor)
+    answer = kind.answer(fits, codes, stored, ctx, task.k, row)
+    per_query = _score(row, kind, answer, ctx)
+    return row, per_query
+
+
+def _encode(row: dict[str, Any], pipe: Pipeline, stored: np.ndarray, spec: str) -> np.ndarray:
+    """The codes of every stored vector (timed), checked against the declared width."""
     t0 = time.perf_counter()
     codes = pipe.encode(stored)
     row["encode_s"] = time.perf_counter() - t0
     row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
     if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
-        raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
+        raise RuntimeError(f"{spec}: codes {codes.dtype}{codes.shape} do not match the declared "
                            f"{row['bytes_per_vector']} bytes per vector")
     row["n_vectors"] = len(stored)
-    if retrieval:
-        Q = ctx.vectors["queries"]
-        speed = measure_search(pipe, codes, Q, task.k)     # build, batch, single-query latency, memory
-        _, ids_found = speed.pop("results")
-        row.update(speed)
-        row["n_queries"] = len(Q)
-        if fits.fold_ids is not None:
-            ids_found = _search_crossfit(fits, stored, Q, task.k)
-        per_query.update(_score_retrieval(row, ctx, ids_found))
-    else:
-        n = len(ctx.scores)
-        t0 = time.perf_counter()
-        sim = pipe.pair_similarity(codes[:n], codes[n:])
-        row["score_s"] = time.perf_counter() - t0
-        if fits.fold_ids is not None:
-            sim = _similarity_crossfit(fits, stored, n)
-        per_query["similarity"] = np.asarray(sim, dtype=np.float64)
-        t0 = time.perf_counter()
-        row["spearman"] = sts_spearman(sim, ctx.scores)
-        row["metrics_s"] = time.perf_counter() - t0
-        row["n_queries"] = n
-    main = MAIN_METRIC[ctx.task]
+    return codes
+
+
+def _score(row: dict[str, Any], kind: Task, answer: np.ndarray, ctx: TaskData) -> dict[str, np.ndarray]:
+    """The answer's per-query arrays and figures, the main metric and its share of the baseline."""
+    t0 = time.perf_counter()
+    per_query = kind.score(answer, ctx)
+    row.update(kind.summarise(per_query, ctx))
+    row["metrics_s"] = time.perf_counter() - t0
+    main = kind.main_metric
     row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
     row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
-    return row, per_query
-
-
-def _score_retrieval(row: dict[str, Any], ctx: Context, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """kNN recall against the exact float32 top-k and, with judgements, nDCG/recall/MRR."""
-    t0 = time.perf_counter()
-    per_query: dict[str, np.ndarray] = {"top10": ids[:, :10].astype(np.int32)}
-    for kk in (10, 100):
-        kk_eff = min(kk, ctx.exact_ids.shape[1])
-        per_query[f"knn_recall_at_{kk}"] = 100 * knn_recall(ids, ctx.exact_ids, kk_eff)
-    if ctx.qrels is not None:
-        ranked = [[ctx.corpus_ids[j] for j in r if j >= 0] for r in ids]
-        per_query.update(retrieval_scores(ranked, ctx.query_ids, ctx.qrels))
-    row.update({m: float(v.mean()) for m, v in per_query.items() if m != "top10"})
-    row["metrics_s"] = time.perf_counter() - t0
     return per_query
 
 
@@ -291,7 +222,7 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # cache, .npy loading): no per-call scan inside the measured kernels
         with config_context(assume_finite=True):
             row, per_query = evaluate(task)
-        problem = metric_problem(row)
+        problem = metric_problem(row, task_of(row["task"]).required if row.get("task") in TASKS else ())
         if problem is not None:   # an impossible figure is never reported as ok
             row.update(status="failed", error=f"impossible result: {problem}")
         return row, per_query
@@ -304,24 +235,6 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 # ---------------------------------------------------------------------------- ground truth
 def ground_truth(ds, vectors: dict[str, np.ndarray], k: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Exact float32 results for a (model, dataset): top-k ids and the baseline quality, per query."""
-    arrays: dict[str, np.ndarray] = {}
-    if ds.task in ("retrieval", "neighbours"):
-        C, Q = vectors["corpus"], vectors["queries"]
-        _, ids = knn_inner_product(Q, C, k)
-        arrays["exact_ids"] = ids.astype(np.int32)
-        arrays["top10"] = arrays["exact_ids"][:, :10]
-        arrays["query_ids"] = np.asarray(ds.query_ids, dtype=str)
-        arrays["corpus_ids"] = np.asarray(ds.corpus_ids, dtype=str)
-        baseline = {"knn_recall_at_10": 100.0, "knn_recall_at_100": 100.0}
-        if ds.qrels is not None:
-            ranked = [[ds.corpus_ids[j] for j in row if j >= 0] for row in ids]
-            scores = retrieval_scores(ranked, ds.query_ids, ds.qrels)
-            arrays.update(scores)
-            baseline.update({m: float(v.mean()) for m, v in scores.items()})
-        return arrays, baseline
-    cos = cosine_rows(np.asarray(vectors["sentences1"]), np.asarray(vectors["sentences2"]))
-    arrays["similarity"] = cos.astype(np.float64)
-    arrays["gold"] = np.asarray(ds.scores, dtype=np.float64)
-    return arrays, {"spearman": sts_spearman(cos, ds.scores)}
-
+    """Exact float32 results for a (model, dataset): the per-query arrays of its ground-truth file
+    and the baseline figures, scored by the code that scores every cell (``Task.ground_truth``)."""
+    return task_of(ds.task).ground_truth(TaskData.of(ds, vectors), k)

@@ -23,12 +23,12 @@ the trade-off instead of picking one. Only Linear layers are quantized (the word
 matrix, half of MiniLM's weights, stays in float32), which ``model_memory_bytes`` shows.
 
 Nothing at module level imports torch: the cache key of a fully cached run needs only the table.
+This module imports nothing of embpress but its errors (``models`` builds on it);
+profiling a variant against its base model is :mod:`embpress.profiles`.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import platform
 import time
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import settings
 from .errors import EmbpressError
 
 log = logging.getLogger("embpress")
@@ -182,57 +181,3 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
         raise EmbpressError(f"cannot compare embeddings of shapes {a.shape} and {b.shape}")
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return {"model_cosine_mean": float(cos.mean()), "model_cosine_min": float(cos.min())}
-
-
-def profile_texts(ds, n: int = 128) -> list[str]:
-    """A deterministic sample of a dataset's texts for ``variant_profile``: half queries and half
-    documents (retrieval) or the first sentences of both sides (sts)."""
-    if ds.task == "retrieval":
-        return ds.query_texts[:n // 2] + ds.corpus_texts[:n - min(n // 2, len(ds.query_texts))]
-    return (ds.sentences1[:n // 2] + ds.sentences2[:n // 2])[:n]
-
-
-def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: int | None = None,
-                    repeats: int = 2, use_cache: bool = True) -> dict:
-    """Size, speed and agreement of a model variant against its float32 base, on ``texts``.
-
-    Returns ``model_variant, model_base, model_params, model_memory_bytes, model_disk_bytes,
-    model_texts_per_s, model_base_texts_per_s, model_speedup, model_cosine_mean, model_cosine_min,
-    profile_texts, profile_batch_size, profile_threads``. Both models are timed in the same call
-    with the same batch size and threads (so ``model_speedup`` is the figure to compare across
-    machines). The result is cached by (model, texts, batch size, threads).
-    """
-    import torch
-    from .embed import _encoder, cache_key
-    from .models import base_entry, model_info
-    threads = threads or torch.get_num_threads()
-    base = base_entry(info.entry)
-    key = {**cache_key(info, "profile", "-", "-", texts), "batch_size": batch_size, "threads": threads,
-           "repeats": repeats}
-    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = settings.cache_dir() / "profiles" / info.entry.name / f"{key['id']}.json"
-    if use_cache and path.is_file():
-        return json.loads(path.read_text())["profile"]
-    if not texts:
-        raise EmbpressError(f"variant_profile of {info.entry.name}: no texts")
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        model = _encoder(info, "cpu")
-        base_model = _encoder(model_info(base), "cpu") if info.entry.variant else model
-        out = {"model_variant": info.entry.variant or REFERENCE, "model_base": base.name,
-               **footprint(model, info.path)}
-        out["model_texts_per_s"] = measure_throughput(model, texts, batch_size=batch_size, repeats=repeats)
-        out["model_base_texts_per_s"] = (
-            measure_throughput(base_model, texts, batch_size=batch_size, repeats=repeats)
-            if base_model is not model else out["model_texts_per_s"])
-        out["model_speedup"] = out["model_texts_per_s"] / out["model_base_texts_per_s"]
-        kw = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
-        out.update(agreement(np.asarray(model.encode(texts, **kw), dtype=np.float32),
-                             np.asarray(base_model.encode(texts, **kw), dtype=np.float32)))
-    finally:
-        torch.set_num_threads(saved)
-    out.update(profile_texts=len(texts), profile_batch_size=batch_size, profile_threads=threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "profile": out, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-    return out

@@ -87,10 +87,6 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
 ]}
 
 
-#: The quality metric that ``retained_pct`` is computed from, per task.
-MAIN_METRIC = {"retrieval": "ndcg_at_10", "sts": "spearman", "neighbours": "knn_recall_at_10"}
-
-
 def label(column: str) -> str:
     """A column's label: the registry's for a metric, else its name in words."""
     metric = METRICS.get(column)

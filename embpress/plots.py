@@ -172,7 +172,7 @@ def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
 
 def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
     """Neighbour recall@10 (overlap with the exact float32 top 10) against bytes per vector."""
-    data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "bytes_per_vector"])
+    data = ok.dropna(subset=["knn_recall_at_10", "bytes_per_vector"])      # the tasks that search
     if data.empty:
         return None
 
@@ -190,7 +190,7 @@ def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
 
 def qps_vs_recall(ok: pd.DataFrame, colour: dict):
     """Search queries per second against neighbour recall@10 (the ann-benchmarks view)."""
-    data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "search_qps"])
+    data = ok.dropna(subset=["knn_recall_at_10", "search_qps"])
     if data.empty:
         return None
 
@@ -241,7 +241,7 @@ def speed_by_family(ok: pd.DataFrame, colour: dict):
 
 def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
     """STS Spearman (x100) against bytes per vector, float32 drawn as a dashed line."""
-    data = ok[ok.task == "sts"].dropna(subset=["spearman", "bytes_per_vector"])
+    data = ok.dropna(subset=["spearman", "bytes_per_vector"])              # the tasks scored by Spearman
     if data.empty:
         return None
 

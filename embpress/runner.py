@@ -24,16 +24,18 @@ import pandas as pd
 from compressors import SpecError, parse_spec
 
 from .cells import CellTask, ground_truth, run_cell
-from .data import is_vector_folder, load_card, load_dataset, load_vector_folder
+from .data import load_card, load_dataset
 from .embed import embed_dataset
 from .errors import EmbpressError
 from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
 from .models import model_info, resolve_model
 from .protocol import check_calibration
+from .tasks import task_of
 from .results import format_table
 from .files import save_npy
 from .runfolder import RunFolder, RunWriter, io_failure, new_run_dir
 from .validate import check_config, check_int
+from .vector_folders import is_vector_folder, load_vector_folder
 
 log = logging.getLogger("embpress")
 
@@ -96,9 +98,9 @@ def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progre
         return None
     parts = []
     for name in cal[8:].split("+"):
-        vecs = embed_dataset(info, load_dataset(name), batch_size=batch_size, progress=progress)
-        parts.append(vecs["corpus"] if "corpus" in vecs else np.concatenate([vecs["sentences1"], vecs["sentences2"]]))
-    if len(parts) == 1:
+        ds = load_dataset(name)
+        parts.append(task_of(ds.task).stored_vectors(embed_dataset(info, ds, batch_size=batch_size, progress=progress)))
+    if len(parts) == 1 and getattr(parts[0], "filename", None):   # one cached corpus: used in place
         return str(parts[0].filename)
     path = writer.folder.vectors("calibration", info.entry.name, cal[8:])
     save_npy(path, np.concatenate([np.asarray(p) for p in parts]).astype(np.float32))
@@ -141,7 +143,7 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
                     and model not in writer.meta.setdefault("model_profiles", {}):
                 # the model track: size, encode speed and agreement with the float32 base,
                 # measured side by side once per model and merged into its rows
-                from .encoders import profile_texts, variant_profile
+                from .profiles import profile_texts, variant_profile
                 writer.meta["model_profiles"][model] = variant_profile(info, profile_texts(ds),
                                                                        batch_size=config.batch_size)
         writer.meta["datasets"][ds.name] = {"revision": revision, "task": ds.task, "location": ds.location,

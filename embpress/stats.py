@@ -21,6 +21,7 @@ import pandas as pd
 from .files import load_npz
 from .metrics import METRICS
 from .runfolder import RunFolder
+from .tasks import task_of
 
 Statistic = str | Callable[[np.ndarray, np.ndarray | None], float]
 
@@ -101,17 +102,7 @@ def paired_arrays(run_dir: Path, row) -> tuple[np.ndarray, np.ndarray, str, np.n
     base = folder.baseline(row["model"], row["dataset"])
     if not (cell.is_file() and base.is_file()):
         return None
-    c, b = load_npz(cell), load_npz(base)
-    if row["task"] == "sts":
-        return c["similarity"], b["similarity"], "spearman", b["gold"]
-    metric = row["main_metric"]
-    if metric not in c:
-        return None
-    if metric in b:
-        return c[metric], b[metric], "mean", None
-    if metric.startswith("knn_recall"):  # the exact search overlaps itself fully, for every query
-        return c[metric], np.full(len(c[metric]), 100.0), "mean", None
-    return None
+    return task_of(row["task"]).paired(load_npz(cell), load_npz(base), row["main_metric"])
 
 
 def retained_ci(run_dir: Path, row, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
@@ -235,19 +226,16 @@ def retained_cis(run_dir: Path, rows: pd.DataFrame, n_boot: int = 1000, seed: in
         for i, row in g.iterrows():
             if pd.isna(row.get("cell_id")) or not folder.cell_arrays(row["cell_id"]).is_file():
                 continue
-            c = load_npz(folder.cell_arrays(row["cell_id"]))
-            if row["task"] == "sts":
-                x, b, key = c["similarity"], base["similarity"], "spearman"
-            else:
-                metric = row["main_metric"]
-                if metric not in c or not (metric in base or str(metric).startswith("knn_recall")):
-                    continue
-                x, key = c[metric], metric
-                b = base[metric] if metric in base else np.full(len(x), 100.0)
+            paired = task_of(row["task"]).paired(load_npz(folder.cell_arrays(row["cell_id"])), base,
+                                                 row["main_metric"])
+            if paired is None:
+                continue
+            x, b, statistic, gold = paired
+            key = statistic if statistic == "spearman" else row["main_metric"]
             if len(x) not in resamples:
                 resamples[len(x)] = _Resamples(len(x), n_boot, seed)
             r = resamples[len(x)]
-            gold = np.asarray(base["gold"], dtype=np.float64) if key == "spearman" else None
+            gold = None if gold is None else np.asarray(gold, dtype=np.float64)
             x, b = np.asarray(x, dtype=np.float64), np.asarray(b, dtype=np.float64)
             den = baseline_stat.get((key, len(x)))
             if den is None:

@@ -25,9 +25,6 @@ METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     **{m.name: m.bounds for m in METRICS.values() if m.bounds != (None, None)},
     "quality": (-100, 100), "baseline_quality": (-100, 100),
 }
-#: Columns that must be present and finite in an ok row of each task.
-REQUIRED = {"retrieval": ("knn_recall_at_10", "quality", "baseline_quality"),
-            "neighbours": ("knn_recall_at_10", "quality"), "sts": ("spearman", "quality", "baseline_quality")}
 
 _INT_KEYS = {"k": 1, "max_queries": 1, "max_docs": 1, "batch_size": 1}
 
@@ -107,11 +104,12 @@ def _finite(value: Any) -> bool:
         and math.isfinite(float(value))
 
 
-def metric_problem(row: dict[str, Any]) -> str | None:
-    """Why an ok row's figures are impossible (NaN, a missing main figure, out of range), else None."""
+def metric_problem(row: dict[str, Any], required: tuple[str, ...] = ()) -> str | None:
+    """Why an ok row's figures are impossible (NaN, a missing main figure, out of range), else None;
+    ``required``: the columns its task must have (``Task.required``)."""
     if row.get("status") != "ok":
         return None
-    for col in REQUIRED.get(row.get("task"), ()):
+    for col in required:
         if not _finite(row.get(col)):
             return f"{col} is {row.get(col)!r} (no valid value: empty or constant input?)"
     for col, (lo, hi) in METRIC_RANGES.items():

@@ -22,14 +22,15 @@ import numpy as np
 
 from compressors import SpecError, config_context, parse_spec
 
-from ..data import load_dataset, load_npy
+from ..data import load_dataset
+from ..vector_folders import load_npy
 from ..embed import embed_dataset
 from ..errors import EmbpressError
 from ..fitcache import calibration_digest, fit_pipeline
 from ..grid import cell_id
-from ..metrics import MAIN_METRIC
 from ..models import DEFAULT_MODEL
 from ..runfolder import RunFolder, RunWriter, new_run_dir
+from ..tasks import TASKS, task_of
 from ..protocol import check_calibration, parse_calibration
 from .models import CompressedModel, TextEncoder
 from .perquery import baseline_arrays, cell_arrays
@@ -74,17 +75,9 @@ def _task_vectors(lt: LoadedTask, base: TextEncoder, cfg: MtebConfig, progress: 
     if lt.ds is None:
         return {}
     vecs = embed_dataset(base.info, lt.ds, batch_size=cfg.batch_size, progress=progress)
-    if lt.kind == "retrieval":
-        base.remember(lt.ds.corpus_texts, vecs["corpus"])
-        base.remember(lt.ds.query_texts, vecs["queries"])
-    else:
-        base.remember(lt.ds.sentences1, vecs["sentences1"])
-        base.remember(lt.ds.sentences2, vecs["sentences2"])
+    for part, (texts, _) in task_of(lt.ds.task).parts(lt.ds).items():
+        base.remember(texts, vecs[part])
     return vecs
-
-
-def _stored(vecs: dict[str, np.ndarray]) -> np.ndarray:
-    return vecs["corpus"] if "corpus" in vecs else np.concatenate([vecs["sentences1"], vecs["sentences2"]])
 
 
 def calibration_vectors(cal: str, lt: LoadedTask, vecs: dict[str, np.ndarray], base: TextEncoder,
@@ -94,11 +87,15 @@ def calibration_vectors(cal: str, lt: LoadedTask, vecs: dict[str, np.ndarray], b
         if not vecs:
             raise EmbpressError(f"MTEB task {lt.name!r} is not in embpress's mirror, so it has no corpus to "
                                 f"calibrate on: give --calibration dataset:NAME or file:PATH.npy")
-        return np.ascontiguousarray(_stored(vecs), dtype=np.float32), "corpus" if lt.kind == "retrieval" else "pairs"
+        task = task_of(lt.ds.task)
+        return np.ascontiguousarray(task.stored_vectors(vecs), dtype=np.float32), task.stored
     if cal.startswith("file:"):
         return np.ascontiguousarray(load_npy(Path(cal[5:])), dtype=np.float32), cal
-    parts = [_stored(embed_dataset(base.info, load_dataset(name), batch_size=cfg.batch_size, progress=False))
-             for name in cal[8:].split("+")]
+    parts = []
+    for name in cal[8:].split("+"):
+        ds = load_dataset(name)
+        vecs = embed_dataset(base.info, ds, batch_size=cfg.batch_size, progress=False)
+        parts.append(task_of(ds.task).stored_vectors(vecs))
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), cal
 
 
@@ -115,14 +112,13 @@ def _evaluate(model, lt: LoadedTask, run_dir: Path, pred_dir: Path, cfg: MtebCon
 
 
 def _quality(row: dict[str, Any], scores: dict, lt: LoadedTask) -> None:
-    """mteb's scores (fractions) as the grid's columns (×100)."""
-    if lt.kind == "retrieval":
-        for col in ("ndcg_at_10", "recall_at_100", "mrr_at_10"):
-            row[col] = 100 * float(scores[col])
-    elif lt.kind == "sts":
-        row["spearman"] = 100 * float(scores["cosine_spearman"])
+    """mteb's scores (fractions) as the grid's columns (×100); a task type embpress does not have
+    keeps mteb's main score only."""
+    task = TASKS.get(lt.kind)
+    for col, key in (task.mteb_scores if task is not None else {}).items():
+        row[col] = 100 * float(scores[key])
     row["mteb_main_score"] = 100 * float(scores["main_score"])
-    main = MAIN_METRIC.get(lt.kind)
+    main = task.main_metric if task is not None else None
     row.update(main_metric=main or "mteb_main_score", quality=row[main or "mteb_main_score"])
 
 

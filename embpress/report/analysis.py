@@ -10,9 +10,9 @@ import pandas as pd
 
 from .. import settings
 from ..errors import EmbpressError
-from ..metrics import MAIN_METRIC
 from ..protocol import out_of_sample
 from ..stats import pareto_mask, retained_cis
+from ..tasks import main_metrics
 
 N_BOOT = 1000
 #: A winner keeping less than this (retained % of float32) is below the report's quality line.
@@ -93,8 +93,9 @@ def prepare(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> pd.DataFra
     df["group"] = [group_of(f) for f in df["family"]]
     multi_model = df["model"].nunique() > 1
     df["panel"] = df["dataset"].astype(str) + (" · " + df["model"].astype(str) if multi_model else "")
-    missing_main = df["main_metric"].isna() & df["task"].isin(list(MAIN_METRIC))
-    df.loc[missing_main, "main_metric"] = df.loc[missing_main, "task"].map(MAIN_METRIC)
+    main = main_metrics()
+    missing_main = df["main_metric"].isna() & df["task"].isin(list(main))
+    df.loc[missing_main, "main_metric"] = df.loc[missing_main, "task"].map(main)
     ok = df[(df.status == "ok") & df["cell_id"].notna()]
     cis = retained_cis(run_dir, ok, n_boot=n_boot) if len(ok) else pd.DataFrame(columns=["ci_low", "ci_high"])
     df["ci_low"] = cis["ci_low"].reindex(df.index)

@@ -11,6 +11,7 @@ import pandas as pd
 from ..errors import EmbpressError
 from ..files import load_npz
 from ..runfolder import RunFolder
+from ..tasks import task_of
 
 EXAMPLES_PER_CELL = 3
 
@@ -25,7 +26,8 @@ class Texts:
 
 def dataset_texts(meta: dict, dataset: str) -> Texts:
     """Judgments, query texts and document titles of a run's dataset (what is available)."""
-    from ..data import document_titles, is_vector_folder, load_dataset, load_vector_folder
+    from ..data import document_titles, load_dataset
+    from ..vector_folders import is_vector_folder, load_vector_folder
     info = (meta.get("datasets") or {}).get(dataset, {})
     source = info.get("source") or dataset
     cfg = meta.get("config") or {}
@@ -34,7 +36,7 @@ def dataset_texts(meta: dict, dataset: str) -> Texts:
             ds = load_vector_folder(source)
             return Texts(ds.qrels, note="bring-your-own vectors: ids only, no texts")
         ds = load_dataset(source, max_queries=cfg.get("max_queries"), max_docs=cfg.get("max_docs"))
-        if ds.task != "retrieval":
+        if not task_of(ds.task).judged:
             return Texts(note=f"{dataset} is not a retrieval dataset")
         titles = document_titles(source)
         docs = {d: (titles.get(d) or t[:120]) for d, t in zip(ds.corpus_ids, ds.corpus_texts)}
