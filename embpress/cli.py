@@ -187,7 +187,7 @@ def _timing_config(args):
     from .validate import check_int
     check_int("--timing-repeats", args.timing_repeats, 1)
     check_int("--timing-threads", args.timing_threads, 1)
-    return TimingConfig(enabled=not args.no_timing, repeats=args.timing_repeats, threads=args.timing_threads)
+    return TimingConfig(enabled=not args.no_timing, repeats=args.timing_repeats, threads=args.timing_threads).check()
 
 
 def _finish_run(df, run_dir: Path, args) -> int:

@@ -306,7 +306,8 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
     """Run a grid (or resume a run folder); returns the results table and the run folder.
 
     ``timing`` (default: on, :class:`embpress.timing.TimingConfig`): after the cells, time each one
-    alone; ``TimingConfig(enabled=False)`` keeps the workers' side-by-side timings, marked indicative."""
+    alone; ``TimingConfig(enabled=False)`` keeps the workers' side-by-side timings, marked indicative.
+    A resumed run keeps the timing settings it was started with."""
     timing = timing or TimingConfig()
     echo = echo or (lambda msg: log.info(msg))
     if executor not in EXECUTORS:
@@ -318,6 +319,9 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
     check_int("threads", threads, 0)
     if resume is not None:
         writer, config = RunWriter.reopen(resume)
+        if isinstance(writer.meta.get("timing"), dict):     # a resumed run keeps its own timing settings
+            timing = TimingConfig(**{k: v for k, v in writer.meta["timing"].items()
+                                     if k in TimingConfig.__dataclass_fields__}).check(f"{resume}/run.json: ")
     else:
         assert config is not None
     the_plan = plan(config)

@@ -61,6 +61,16 @@ class TimingConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check(self, where: str = "") -> TimingConfig:
+        """Itself, or EmbpressError (one line) for a setting that is not a whole number ≥ 1."""
+        from .errors import EmbpressError
+        from .validate import check_int
+        if not isinstance(self.enabled, bool):
+            raise EmbpressError(f"{where}timing 'enabled' must be true or false, got {self.enabled!r}")
+        for name in ("repeats", "threads", "encode_rows", "batch_queries", "single"):
+            check_int(name, getattr(self, name), 1, where)
+        return self
+
 
 # ---------------------------------------------------------------------------- worker → runner hand-off
 def pack_fitted(pipe, codes: np.ndarray) -> dict[str, np.ndarray]:
