@@ -19,9 +19,10 @@ import numpy as np
 from compressors import Pipeline, SpecError, config_context, parse_spec
 
 from .data import load_dataset
-from .fitcache import fit_pipeline
+from .fitcache import fit_pipeline, pack_fitted
 from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of,
                        overhead_flag, parse_calibration, training_rows)
+from .speed import spread
 from .tasks import TASKS, Task, TaskData, task_of
 from .validate import metric_problem
 from .vector_folders import is_vector_folder, load_vector_folder
@@ -45,6 +46,8 @@ class CellTask:
     template: str | None = None
     threads: int = 0                 # 0: leave the libraries' defaults
     fit_cache: bool = True
+    timing: bool = False             # True: the runner's timing pass times this cell; the worker hands
+                                     # back its fitted pipeline instead of timing it beside other workers
 
 
 # ---------------------------------------------------------------------------- worker context
@@ -151,6 +154,7 @@ def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> No
     row.update(protocol=fits.protocol, folds=len(fits.pipes) if fits.fold_ids is not None else None,
                fold_seed=FOLD_SEED if fits.fold_ids is not None else None,
                fit_s=float(np.mean(fits.fit_s)), fit_cached=all(fits.cached),
+               fit_spread=spread(fits.fit_s) if len(fits.fit_s) > 1 and not any(fits.cached) else None,
                amortised_bytes_corpus=amortised_bytes(bpv, overhead, n_vectors),
                amortised_bytes_1m=amortised_bytes(bpv, overhead, DEPLOYMENT_VECTORS),
                overhead_flag=overhead_flag(bpv, overhead, n_vectors))
@@ -160,15 +164,17 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one cell; returns (result row, per-query arrays).
 
     Quality comes from the cell's protocol (cross-fitted folds merged, or one fit), scored by the
-    dataset's task type (``embpress.tasks``) exactly as its float32 baseline was. Encode and search
-    times are measured on one pipeline over the full corpus, so a cross-fitted cell's timings
-    compare with every other cell's."""
+    dataset's task type (``embpress.tasks``) exactly as its float32 baseline was. Encode and
+    search times are those of one pipeline (the first fold's) over the full corpus, so a
+    cross-fitted cell's timings compare with every other cell's: measured by the runner's timing
+    pass (``task.timing``, :mod:`embpress.timing`), which gets that pipeline in the per-query
+    arrays, or else here, beside the other workers (``timing = "indicative"``)."""
     limit_threads(task.threads)
     ctx = context_for(task)
     kind = task_of(ctx.task)
     row: dict[str, Any] = {"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                            "task": ctx.task, "compressor": task.compressor, "status": "ok",
-                           "budget": task.budget, "template": task.template}
+                           "budget": task.budget, "template": task.template, "worker_pid": os.getpid()}
     stored, ids = kind.stored_vectors(ctx.vectors), kind.stored_ids(ctx)
     row["calibration"] = kind.stored if task.calibration == "corpus" else task.calibration
     dim = stored.shape[1]
@@ -184,22 +190,29 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row.update(status="infeasible", error=str(exc))
         return row, {}
     _accounting(row, fits, dim, len(stored))
-    codes = _encode(row, fits.pipes[0], stored, task.compressor)
-    answer = kind.answer(fits, codes, stored, ctx, task.k, row)
+    row["n_vectors"] = len(stored)
+    pipe = fits.pipes[0]
+    codes = _encode(task, row, pipe, stored)
+    answer = kind.answer(fits, codes, stored, ctx, task.k, row, timed=not task.timing)
     per_query = _score(row, kind, answer, ctx)
+    if task.timing:         # the runner's timing pass measures this pipeline alone, later
+        per_query.update(pack_fitted(pipe, codes))
+    else:
+        row["timing"] = "indicative"
     return row, per_query
 
 
-def _encode(row: dict[str, Any], pipe: Pipeline, stored: np.ndarray, spec: str) -> np.ndarray:
-    """The codes of every stored vector (timed), checked against the declared width."""
+def _encode(task: CellTask, row: dict[str, Any], pipe: Pipeline, stored: np.ndarray) -> np.ndarray:
+    """The first pipeline's codes of every stored vector (timed unless the timing pass will),
+    checked against the declared width."""
     t0 = time.perf_counter()
     codes = pipe.encode(stored)
-    row["encode_s"] = time.perf_counter() - t0
-    row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
+    if not task.timing:
+        row["encode_s"] = time.perf_counter() - t0
+        row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
     if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
-        raise RuntimeError(f"{spec}: codes {codes.dtype}{codes.shape} do not match the declared "
+        raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
                            f"{row['bytes_per_vector']} bytes per vector")
-    row["n_vectors"] = len(stored)
     return codes
 
 

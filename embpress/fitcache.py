@@ -315,3 +315,33 @@ def read_sidecars(folder: Path | None = None) -> list[dict[str, Any]]:
         if isinstance(side, dict):
             out.append(side)
     return out
+
+
+#: Reserved per-query keys under which a grid worker hands its fitted pipeline to the runner's
+#: timing pass (``embpress.timing``).
+FITTED_PREFIX = "fitted."
+
+
+# ---------------------------------------------------------------------------- worker → runner hand-off
+def pack_fitted(pipe, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """The fitted pipeline and its codes of every stored vector, as per-query-style arrays (no
+    pickle: ``embpress.fitcache``'s format)."""
+    doc, arrays = encode_pipeline(pipe)
+    out = {FITTED_PREFIX + k: v for k, v in arrays.items()}
+    out[FITTED_PREFIX + "__pipeline__"] = np.asarray(json.dumps(doc))
+    out[FITTED_PREFIX + "__codes__"] = np.asarray(codes)
+    return out
+
+
+def split_fitted(per_query: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(per-query arrays, fitted-pipeline arrays) of what a worker returned."""
+    fitted = {k[len(FITTED_PREFIX):]: v for k, v in per_query.items() if k.startswith(FITTED_PREFIX)}
+    rest = {k: v for k, v in per_query.items() if not k.startswith(FITTED_PREFIX)}
+    return rest, fitted
+
+
+def load_fitted(path: Path, spec: str):
+    """(pipeline, codes) a grid worker handed back, rebuilt from the registry (never unpickled)."""
+    with np.load(path, allow_pickle=False) as z:
+        doc = json.loads(str(z["__pipeline__"]))
+        return decode_pipeline(doc, z, spec), np.ascontiguousarray(z["__codes__"])

@@ -32,6 +32,7 @@ class Metric:
     short: str = ""             # the console table's header ("" : not in the console table)
     bounds: tuple[float | None, float | None] = (None, None)   # possible values (None: open)
     per: str | None = None      # a throughput's count column: time of one run = per / value
+    spread: str | None = None   # the column holding its measured spread (interquartile range / median)
 
 
 #: The order of the kinds in the results table (``embpress.results.COLUMNS``) and the console table.
@@ -39,7 +40,8 @@ KINDS = ("storage", "quality", "summary", "speed", "memory")
 
 _RETRIEVAL = "embpress.metrics.retrieval_scores (per query, averaged over judged queries)"
 _KNN = "embpress.metrics.knn_recall (per query, averaged)"
-_SPEED = "embpress.speed.measure_search (median of 3 batch calls; single queries one by one)"
+_SPEED = ("embpress.speed.measure_search, in the timing pass (embpress.timing: alone, median of the repeats; "
+          "--no-timing: beside the other workers)")
 _BYTES = "compressors.Pipeline byte accounting (codes are uint8 arrays of exactly this width)"
 
 #: Every metric a result row can carry (ann-benchmarks style: each with the direction that is better).
@@ -72,12 +74,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("compression_ratio", "× smaller", "x", True, "float32 bytes per vector / bytes per vector", "storage",
            "embpress.cells: 4 x dim / bytes_per_vector", short="ratio", bounds=(0, None)),
     Metric("fit_s", "fit s", "s", False, "seconds to fit on the calibration vectors", "speed",
-           "embpress.fitcache.fit_pipeline (mean over a cross-fitted cell's folds)", short="fit s"),
+           "embpress.fitcache.fit_pipeline (mean over a cross-fitted cell's folds)", short="fit s",
+           spread="fit_spread"),
     Metric("encode_vps", "encode vectors/s", "vec/s", True, "vectors encoded per second", "speed",
-           "embpress.cells.evaluate (one pipeline over the full corpus)", short="enc vec/s", per="n_vectors"),
+           "embpress.timing (alone, threads pinned; --no-timing: embpress.cells beside other workers)",
+           short="enc vec/s", per="n_vectors", spread="encode_spread"),
     Metric("search_qps", "search queries/s", "q/s", True,
-           "queries per second, top-100 over the codes, all queries in one call", "speed", _SPEED,
-           short="search q/s", per="n_queries"),
+           "queries per second, top-100 over the codes, a batch of queries in one call", "speed", _SPEED,
+           short="search q/s", per="n_queries", spread="search_spread"),
     Metric("latency_p50_ms", "latency p50 ms", "ms", False, "single-query latency (one thread), median", "speed",
            _SPEED, short="p50 ms"),
     Metric("latency_p99_ms", "latency p99 ms", "ms", False, "single-query latency (one thread), 99th percentile",

@@ -4,6 +4,8 @@
 | --- | --- | --- |
 | ``run.json`` | provenance, config, status (:class:`RunWriter`) | atomically, whenever it changes |
 | ``cells.jsonl`` | one line per finished cell | appended and fsynced as each cell finishes |
+| ``timings.jsonl`` | each cell's isolated timings (the timing pass, ``embpress.timing``), merged into the rows | appended and fsynced as each cell is timed |
+| ``fitted/<cell_id>.npz`` | a worker's fitted pipeline and codes, waiting for the timing pass (removed once timed) | atomically |
 | ``results.parquet``, ``results.csv`` | the table | atomically, at the end |
 | ``per_query/baseline__<model>__<dataset>.npz`` | a (model, dataset)'s float32 ground truth | atomically, before its cells |
 | ``per_query/<cell_id>.npz`` | a cell's per-query arrays (what the report and ``compare`` resample) | atomically, as it finishes |
@@ -45,6 +47,14 @@ class RunFolder:
     @property
     def cells(self) -> Path:
         return self.path / "cells.jsonl"
+
+    @property
+    def timings(self) -> Path:
+        return self.path / "timings.jsonl"
+
+    def fitted(self, cell_id: str) -> Path:
+        """A worker's fitted pipeline and codes, handed to the timing pass."""
+        return self.path / "fitted" / f"{safe_name(cell_id)}.npz"
 
     @property
     def table(self) -> Path:
@@ -100,6 +110,7 @@ class RunWriter:
         self.folder = RunFolder(run_dir)
         self.dir = self.folder.path
         self.cells_path = self.folder.cells
+        self.timings_path = self.folder.timings
         self.started = time.time()
         self.meta: dict[str, Any] = {
             "run_id": run_dir.name, "status": "running",
@@ -125,9 +136,10 @@ class RunWriter:
         run_config.grid = grid
         self = cls.__new__(cls)
         self.folder, self.dir, self.cells_path, self.started = folder, run_dir, folder.cells, time.time()
+        self.timings_path = folder.timings
         self.meta = meta
         self.meta.update(status="running", resumed=self.meta.get("resumed", 0) + 1)
-        rows = self.rows()
+        rows = read_cells(self.cells_path)
         write_text(self.cells_path, "".join(json.dumps(r) + "\n" for r in rows))
         self.write_meta()
         return self, run_config
@@ -139,14 +151,18 @@ class RunWriter:
         write_text(self.folder.meta, json.dumps(self.meta, indent=2, default=str))
 
     def add_cell(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, default=_jsonable) + "\n"
-        with open(self.cells_path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        _append_line(self.cells_path, row)
+
+    def add_timing(self, record: dict[str, Any]) -> None:
+        """One cell's isolated timings (``cell_id`` plus the timed columns)."""
+        _append_line(self.timings_path, record)
+
+    def timed_cell_ids(self) -> set[str]:
+        return set(read_timings(self.timings_path))
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_cells(self.cells_path)
+        """The finished cells, each with its isolated timings when the timing pass measured it."""
+        return with_timings(read_cells(self.cells_path), read_timings(self.timings_path))
 
     def save_baseline(self, model: str, dataset: str, arrays: dict[str, np.ndarray], baseline: dict) -> Path:
         """A (model, dataset)'s float32 ground truth: per-query arrays and the baseline figures."""
@@ -156,6 +172,10 @@ class RunWriter:
 
     def save_cell_arrays(self, cell_id: str, arrays: dict[str, np.ndarray]) -> None:
         save_npz(self.folder.cell_arrays(cell_id), arrays)
+
+    def save_fitted(self, cell_id: str, arrays: dict[str, np.ndarray]) -> None:
+        """A worker's fitted pipeline and codes, for the timing pass."""
+        save_npz(self.folder.fitted(cell_id), arrays)
 
     def finish(self, status: str = "finished") -> pd.DataFrame:
         """Write the table (each file atomically: complete or absent) and the final run.json."""
@@ -167,6 +187,40 @@ class RunWriter:
                          cells={s: int(n) for s, n in df["status"].value_counts().items()} if len(df) else {})
         self.write_meta()
         return df
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (after a newline if a kill left the last line torn, so the torn line
+    stays the only one lost)."""
+    line = json.dumps(record, default=_jsonable) + "\n"
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_timings(path: Path) -> dict[str, dict[str, Any]]:
+    """cell_id → the timing pass's columns (a torn last line is dropped; a cell timed twice keeps
+    the later figures)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("cell_id"), str):
+            out[rec["cell_id"]] = rec
+    return out
+
+
+def with_timings(rows: list[dict[str, Any]], timings: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, **timings[r["cell_id"]]} if r.get("cell_id") in timings else r for r in rows]
 
 
 def read_cells(path: Path) -> list[dict[str, Any]]:
@@ -235,6 +289,6 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         if status != "finished":
             meta["partial"] = f"the run is {status}: {len(df)} cells"
         return df, meta
-    rows = read_cells(folder.cells)
+    rows = with_timings(read_cells(folder.cells), read_timings(folder.timings))
     meta["partial"] = f"{why}: {len(rows)} finished cells read from cells.jsonl"
     return to_frame(_in_order(rows, meta)), meta
