@@ -174,7 +174,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    from .runner import load_grid, run
+    from .grid import load_grid
+    from .runner import run
     from .validate import check_resume_options
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,

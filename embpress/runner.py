@@ -27,7 +27,7 @@ from .cells import CellTask, ground_truth, run_cell
 from .data import load_card, load_dataset
 from .embed import embed_dataset
 from .errors import EmbpressError
-from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
+from .grid import CellSpec, RunConfig, cell_id, check_template, expand, family_calibration, family_parts
 from .models import model_info, resolve_model
 from .protocol import check_calibration
 from .tasks import task_of

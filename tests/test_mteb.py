@@ -100,7 +100,7 @@ def _fitted(spec, calib):
 
 def test_result_cache_written_by_one_spec_is_not_reused_for_another(tmp_path):
     import mteb
-    from embpress.cells import calibration_digest
+    from embpress.fitcache import calibration_digest
     from embpress.embed import embed_dataset
     from embpress.mteb import CompressedModel, TextEncoder, load_task
     base = TextEncoder()

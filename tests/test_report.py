@@ -24,7 +24,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 import embpress
-import embpress.runner
+import embpress.grid
 from embpress.cli import main as cli_main
 from embpress.report import build_report
 from embpress.runfolder import load_run
@@ -433,7 +433,7 @@ def _quick_vectors(minilm, name):
     """The quick grid's embeddings of a dataset sample (already cached by the quick run)."""
     from embpress.data import load_dataset
     from embpress.embed import embed_dataset
-    grid = embpress.runner.load_grid("quick")
+    grid = embpress.grid.load_grid("quick")
     ds = load_dataset(name, max_queries=grid.max_queries, max_docs=grid.max_docs)
     return ds, {k: np.asarray(v) for k, v in embed_dataset(minilm, ds, progress=False).items()}
 
