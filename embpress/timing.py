@@ -9,7 +9,7 @@ the runner's own process, **one cell at a time, threads pinned** (``TimingConfig
 default 1):
 
 * *encode*: ``repeats`` timed samples of encoding the first ``encode_rows`` stored vectors, after
-  untimed calls (a sample loops calls until it lasts ``MIN_SAMPLE_S``, as ``timeit`` does);
+  untimed calls (a sample loops calls until it lasts ``MIN_SAMPLE_S``, 5 ms, as ``timeit`` does);
   ``encode_s`` is the median seconds per call, ``encode_vps`` rows per second, ``encode_spread``
   the interquartile range over the median (:func:`embpress.speed.spread`);
 * *search* (retrieval and neighbours): :func:`embpress.speed.measure_search` on the full corpus's
@@ -42,7 +42,7 @@ from .runfolder import RunFolder
 from .tasks import task_of
 
 #: Shortest timed sample: faster calls are looped until a sample lasts this long.
-MIN_SAMPLE_S = 0.02
+MIN_SAMPLE_S = 0.005
 #: The columns the timing pass writes (it replaces the worker's values of the same names).
 TIMED_COLUMNS = ["encode_s", "encode_vps", "encode_rows", "encode_spread", "search_kernel", "build_s", "search_s",
                  "search_qps", "latency_p50_ms", "latency_p99_ms", "search_bytes", "search_rss_delta_bytes",
