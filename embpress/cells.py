@@ -26,6 +26,7 @@ from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
 from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
                        overhead_flag, parse_calibration, training_rows)
 from .speed import measure_search
+from .stats import N_BOOT, SEED, PairedBootstrap, load_npz, paired
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,34 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     main = MAIN_METRIC[ctx.task]
     row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
     row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
+    row.update(retained_interval(task.truth, ctx.task, main, per_query))
     return row, per_query
+
+
+_BOOTSTRAPS: dict[tuple, PairedBootstrap] = {}     # per (ground truth, metric, queries), in this worker
+
+
+@lru_cache(maxsize=8)
+def _truth_arrays(truth: str) -> dict[str, np.ndarray]:
+    return load_npz(truth)
+
+
+def retained_interval(truth: str, task_kind: str, metric: str, per_query: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The 95 % paired-bootstrap interval of the cell's retained % (``ci_low``, ``ci_high``, with
+    its resamples and seed), computed by the worker as the cell finishes: the same interval as
+    :func:`embpress.stats.retained_ci` from the saved per-query files, which the report then need
+    not recompute. The resamples and the baseline's statistic are shared by a dataset's cells."""
+    pair = paired(per_query, _truth_arrays(truth), task_kind, metric)
+    if pair is None:
+        return {}
+    x, base, statistic, gold = pair
+    key = (truth, metric, len(x))
+    if key not in _BOOTSTRAPS:
+        if len(_BOOTSTRAPS) >= 4:       # a few (model, dataset)s at a time: each holds n × resamples counts
+            _BOOTSTRAPS.pop(next(iter(_BOOTSTRAPS)))
+        _BOOTSTRAPS[key] = PairedBootstrap(base, statistic, gold, N_BOOT, SEED)
+    low, high = _BOOTSTRAPS[key].interval(x)
+    return {"ci_low": low, "ci_high": high, "ci_resamples": N_BOOT, "ci_seed": SEED}
 
 
 def _score_retrieval(row: dict[str, Any], ctx: Context, ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -23,7 +23,8 @@ COLUMNS = ["dataset", "task", "model", "compressor", "family", "status", "budget
            "bytes_per_vector", "overhead_bytes", "amortised_bytes_corpus", "amortised_bytes_1m", "compression_ratio",
            "ndcg_at_10", "recall_at_100", "mrr_at_10", "spearman",
            "knn_recall_at_10", "knn_recall_at_100", "main_metric", "quality", "baseline_quality",
-           "retained_pct", "fit_s", "encode_vps", "search_qps", "latency_p50_ms", "latency_p99_ms",
+           "retained_pct", "ci_low", "ci_high", "ci_resamples", "ci_seed",
+           "fit_s", "encode_vps", "search_qps", "latency_p50_ms", "latency_p99_ms",
            "search_kernel", "search_bytes", "search_rss_delta_bytes", "protocol", "calibration", "folds", "fold_seed",
            "n_train", "n_vectors", "n_queries", "fit_cached", "overhead_flag", "warnings", "error", "cell_id"]
 

@@ -378,6 +378,41 @@ def test_run_wide_intervals_equal_one_bootstrap_per_cell(quick_report):
         assert tuple(batch.loc[i]) == pytest.approx(retained_ci(run_dir, row, n_boot=300, seed=4), rel=1e-9)
 
 
+def test_workers_store_the_interval_the_per_query_files_give(quick_report, tmp_path):
+    """Each ok cell's row carries the interval its worker computed as it finished; it equals
+    retained_ci from the saved per-query files (same resamples and seed), the report shows the stored
+    one, and a run from before the grid stored them gets the same intervals computed at build time."""
+    from embpress.report.analysis import intervals
+    from embpress.stats import retained_ci
+    run_dir, _ = quick_report
+    df = pd.read_parquet(run_dir / "results.parquet")
+    ok = df[df.status == "ok"]
+    assert set(ok.task) == {"retrieval", "sts"} and (ok.ci_resamples == 1000).all() and (ok.ci_seed == 0).all()
+    assert df.loc[df.status != "ok", "ci_low"].isna().all()
+    for _, row in ok.iterrows():
+        expected = retained_ci(run_dir, row, n_boot=int(row.ci_resamples), seed=int(row.ci_seed))
+        assert (row.ci_low, row.ci_high) == pytest.approx(expected, rel=1e-12), row.compressor
+        assert row.ci_low <= row.ci_high
+    assert (ok.ci_high - ok.ci_low > 0.5).sum() >= len(ok) // 2          # real intervals, not points
+    # the report uses the stored values: changed in a copy of the run, they are what prepare returns
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    marked = df.copy()
+    marked.loc[marked.status == "ok", ["ci_low", "ci_high"]] = [12.5, 13.5]
+    prepared = marked.copy()
+    intervals(prepared, copy)
+    assert (prepared.loc[prepared.status == "ok", ["ci_low", "ci_high"]] == [12.5, 13.5]).all().all()
+    # an older run without the columns: computed from the per-query files, the same numbers
+    old = df.drop(columns=["ci_low", "ci_high", "ci_resamples", "ci_seed"])
+    intervals(old, copy)
+    assert np.allclose(old[["ci_low", "ci_high"]].to_numpy(float), df[["ci_low", "ci_high"]].to_numpy(float),
+                       rtol=1e-12, equal_nan=True)
+    # another number of resamples than the stored one: recomputed, not reused
+    other = marked.copy()
+    intervals(other, copy, n_boot=200)
+    assert (other.loc[other.status == "ok", "ci_low"] != 12.5).all() and (other.ci_resamples.dropna() == 200).all()
+
+
 def test_numbers_have_three_significant_digits():
     from embpress.report.html import num
     assert [num(v) for v in (2.9e-05, 44.073, 528734.2, 0.5, 100.0, 99.96, 7, float("nan"))] == \

@@ -12,9 +12,8 @@ from .. import settings
 from ..errors import EmbpressError
 from ..metrics import MAIN_METRIC
 from ..protocol import out_of_sample
-from ..stats import pareto_mask, retained_cis
+from ..stats import N_BOOT, SEED, pareto_mask, retained_cis
 
-N_BOOT = 1000
 #: A winner keeping less than this (retained % of float32) is below the report's quality line.
 QUALITY_LINE = 90.0
 #: "Fastest within this many points of retained % of the best".
@@ -95,10 +94,7 @@ def prepare(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> pd.DataFra
     df["panel"] = df["dataset"].astype(str) + (" · " + df["model"].astype(str) if multi_model else "")
     missing_main = df["main_metric"].isna() & df["task"].isin(list(MAIN_METRIC))
     df.loc[missing_main, "main_metric"] = df.loc[missing_main, "task"].map(MAIN_METRIC)
-    ok = df[(df.status == "ok") & df["cell_id"].notna()]
-    cis = retained_cis(run_dir, ok, n_boot=n_boot) if len(ok) else pd.DataFrame(columns=["ci_low", "ci_high"])
-    df["ci_low"] = cis["ci_low"].reindex(df.index)
-    df["ci_high"] = cis["ci_high"].reindex(df.index)
+    intervals(df, run_dir, n_boot)
     df["vs_f32"] = ""
     has = df["ci_low"].notna()
     df.loc[has, "vs_f32"] = np.where(df.loc[has, "ci_high"] < 100, "lower",
@@ -113,6 +109,21 @@ def prepare(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> pd.DataFra
         f32 = df[(df.compressor == "F32") & (df.status == "ok") & qps.notna()].groupby("panel")["search_qps"].first()
         df["speedup"] = qps / df["panel"].map(f32).astype(float)
     return df
+
+
+def intervals(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> None:
+    """``ci_low``/``ci_high`` of every ok row: the interval its worker stored as the cell finished
+    (with these resamples and seed), else one computed here from the per-query files (runs from
+    before the grid stored them, or another ``n_boot``)."""
+    for col in ("ci_low", "ci_high", "ci_resamples", "ci_seed"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
+    stored = (df.ci_resamples == n_boot) & (df.ci_seed == SEED) & df.ci_low.notna()
+    todo = df[(df.status == "ok") & df["cell_id"].notna() & ~stored]
+    df.loc[~stored, ["ci_low", "ci_high"]] = np.nan
+    if len(todo):
+        cis = retained_cis(run_dir, todo, n_boot=n_boot, seed=SEED)
+        df.loc[todo.index, ["ci_low", "ci_high"]] = cis[["ci_low", "ci_high"]].to_numpy()
+        df.loc[todo.index, ["ci_resamples", "ci_seed"]] = [n_boot, SEED]
 
 
 def budgets_of(df: pd.DataFrame, meta: dict) -> list[int]:

@@ -222,9 +222,9 @@ def results_section(page: Page, df: pd.DataFrame) -> None:
         cls = " ".join(x for x in (str(r.status), "pareto" if r.pareto else "") if x)
         rows.append((attrs, cls, [_result_cell(r, k) for k, _, _ in cols]))
     page.add(table("results-table", [(h, t) for _, h, t in cols], rows))
-    raw = df[[c for c in COLUMNS if c in df] + ["ci_low", "ci_high", "vs_f32", "pareto", "speedup"]
-             + [c for c in df.columns if c not in COLUMNS and c not in ("line", "panel", "oos", "ci_low", "ci_high",
-                                                                       "vs_f32", "pareto", "speedup")]]
+    derived = ["vs_f32", "pareto", "speedup"]
+    raw = df[[c for c in COLUMNS if c in df] + derived
+             + [c for c in df.columns if c not in COLUMNS and c not in ("line", "panel", "oos", *derived)]]
     raw.to_csv(page.out / "tables" / "all_cells.csv", index=False)
     page.files.append("tables/all_cells.csv")
     for panel, g in raw.groupby(df["panel"], sort=False):
