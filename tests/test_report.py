@@ -273,6 +273,9 @@ def test_report_opens_in_headless_chromium(quick_report, browser):
                          " return t && t.classList.contains('visible') ? t.innerText : ''; })()")
     lines = [l.strip() for l in tip.splitlines() if l.strip()]
     assert lines[0] == "spec" and lines[1] in specs and "bytes per vector" in lines and "nDCG@10" in lines
+    rect = browser.js("(() => { const r = document.getElementById('vg-tooltip-element').getBoundingClientRect();"
+                      " return [r.top, r.bottom, r.left, r.right, innerHeight, innerWidth]; })()")
+    assert 0 <= rect[0] and rect[1] <= rect[4] and 0 <= rect[2] and rect[3] <= rect[5], rect   # all of it on screen
     # a click on a family in the legend fades that family's points and nothing else
     opacities = ("Array.from(document.querySelectorAll('#chart-quality g.mark-symbol')[0].querySelectorAll('path'),"
                  " p => Number(getComputedStyle(p).opacity))")
@@ -319,6 +322,20 @@ def test_phone_width_has_no_horizontal_page_scroll(quick_report, browser):
     assert browser.js("[document.documentElement.scrollWidth, window.innerWidth]") == [390, 390]
     widths = browser.js("Array.from(document.querySelectorAll('.chart svg'), s => s.getBoundingClientRect().width)")
     assert len(widths) == 3 and all(300 < w <= 390 for w in widths), widths      # the charts resized
+    # a tooltip on a phone lies inside the screen, at the edge away from the point it describes
+    for where, by in (("start", -80), ("center", 0), ("end", 80)):   # a point near the top, middle, bottom
+        box = browser.js(f"(() => {{ const p = document.querySelector('#chart-quality g.mark-symbol path');"
+                         f" p.scrollIntoView({{block: '{where}'}}); window.scrollBy(0, {by});"
+                         " const r = p.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        browser.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=box[0], y=box[1] + 0.5)
+        tip = _wait(browser, "(() => { const t = document.getElementById('vg-tooltip-element');"
+                             " if (!t || !t.classList.contains('visible')) return null; const r = t.getBoundingClientRect();"
+                             " return [r.top, r.bottom, r.left, r.right, innerHeight, t.innerText]; })()")
+        top, bottom, left, right, height, text = tip
+        assert 0 <= top and bottom <= height and 0 <= left and right <= 390, tip
+        assert (bottom < box[1]) if box[1] > height / 2 else (top > box[1]), (tip, box)
+        assert text.split("\n")[0].strip() == "spec" and "bytes per vector" in text
+        browser.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=2, y=2)
     assert browser.errors() == []
 
 

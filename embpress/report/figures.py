@@ -16,17 +16,30 @@ from ..metrics import METRICS
 from ..stats import pareto_mask
 from .analysis import GROUP, GROUPS, QUALITY_LINE
 
-#: Fields of a point beyond the metric registry, with their tooltip titles.
-POINT_FIELDS = {"compressor": "spec", "family": "family", "group": "group", "protocol": "protocol",
-                "ci_low": "95 % CI low", "ci_high": "95 % CI high", "speedup": "search speed-up vs float32",
-                "search_kernel": "search kernel", "latency_p50_ms": "latency p50 ms",
-                "latency_p99_ms": "latency p99 ms", "search_bytes": "bytes scanned per vector"}
 LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
           "knn_recall_at_10": "neighbour recall@10", "knn_recall_at_100": "neighbour recall@100",
           "retained_pct": "retained %", "bytes_per_vector": "bytes per vector", "overhead_bytes": "fixed bytes",
           "amortised_bytes_corpus": "bytes/vector with fixed bytes (corpus)",
           "amortised_bytes_1m": "bytes/vector with fixed bytes (1 M vectors)", "compression_ratio": "× smaller",
-          "fit_s": "fit s", "encode_vps": "encode vectors/s", "search_qps": "search queries/s"}
+          "fit_s": "fit s", "encode_vps": "encode vectors/s", "search_qps": "search queries/s",
+          "search_bytes": "bytes the searcher holds"}
+#: d3 formats: 3 significant digits, never in scientific notation (as the page's tables), or whole bytes.
+SIG3, WHOLE = ",.3~r", ",d"
+#: A point's tooltip, in this order: (field, title, d3 format or None for text). Every metric of the
+#: registry is in it (one missing here is appended); fields a dataset lacks are left out.
+TOOLTIP = [("compressor", "spec", None), ("family", "family", None), ("protocol", "protocol", None),
+           ("bytes_per_vector", "bytes per vector", WHOLE), ("retained_pct", "quality kept %", SIG3),
+           ("ci", "95 % CI", None), ("ndcg_at_10", "nDCG@10", SIG3), ("recall_at_100", "Recall@100", SIG3),
+           ("mrr_at_10", "MRR@10", SIG3), ("spearman", "Spearman", SIG3),
+           ("knn_recall_at_10", "neighbour recall@10", SIG3), ("knn_recall_at_100", "neighbour recall@100", SIG3),
+           ("compression_ratio", "× smaller", SIG3), ("overhead_bytes", "fixed bytes", WHOLE),
+           ("amortised_bytes_corpus", "B/vector + fixed, corpus", SIG3),
+           ("amortised_bytes_1m", "B/vector + fixed, 1 M", SIG3), ("speedup", "speed-up vs float32", SIG3),
+           ("search_qps", "search queries/s", SIG3), ("latency_p50_ms", "latency p50 ms", SIG3),
+           ("latency_p99_ms", "latency p99 ms", SIG3), ("search_kernel", "search kernel", None),
+           ("search_bytes", "searcher bytes", WHOLE), ("fit_s", "fit s", SIG3), ("encode_vps", "encode vectors/s", SIG3)]
+TOOLTIP += [(m, LABELS.get(m, m), SIG3) for m in METRICS if m not in {f for f, _, _ in TOOLTIP}]
+FLAGS = ["oos", "pareto", "spar", "fpar"]
 
 
 def label(col: str) -> str:
@@ -35,7 +48,9 @@ def label(col: str) -> str:
 
 def _round(v):
     if isinstance(v, (float, np.floating)):
-        return None if not math.isfinite(v) else float(f"{v:.4g}")
+        if not math.isfinite(v):
+            return None
+        return int(v) if float(v).is_integer() else float(f"{v:.4g}")      # whole numbers (bytes) stay exact
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (np.bool_,)):
@@ -43,24 +58,33 @@ def _round(v):
     return v
 
 
+def with_ci_text(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows plus ``ci``: the 95 % interval as text ("99.7–102", "≈ float32" where it holds 100 %)."""
+    from .html import num
+    out = df.copy()
+    lo, hi = (pd.to_numeric(out.get(c), errors="coerce") for c in ("ci_low", "ci_high"))
+    out["ci"] = [None if pd.isna(a) else f"{num(a)}–{num(b)}" + (" (≈ float32)" if s == "≈" else "")
+                 for a, b, s in zip(lo, hi, out.get("vs_f32", pd.Series("", index=out.index)))]
+    return out
+
+
 def point_columns(df: pd.DataFrame) -> list[str]:
-    """Every column a chart point carries: the registry's metrics that the run has, then the rest."""
-    metrics = [m for m in METRICS if m in df and pd.to_numeric(df[m], errors="coerce").notna().any()]
-    extra = [c for c in POINT_FIELDS if c in df and df[c].notna().any()]
-    return list(dict.fromkeys(["dataset", "compressor", "group", "family", "protocol", *metrics, *extra]))
+    """The tooltip's fields that these rows have (``ci``: see :func:`with_ci_text`)."""
+    return [f for f, _, _ in TOOLTIP if f in df and df[f].notna().any() and (df[f].astype(str) != "").any()]
 
 
 def points(df: pd.DataFrame) -> list[dict]:
-    """The ok rows as chart points (every metric, rounded to 4 digits), plus ``oos`` (out-of-sample),
-    ``pareto`` (bytes/quality frontier) and ``spar`` (speed/quality frontier) of their dataset."""
-    ok = df[df.status == "ok"].copy()
+    """The ok rows as chart points (every tooltip field, numbers rounded to 4 digits; the dataset
+    panel, the group), plus ``oos`` (out-of-sample), ``pareto`` (bytes/quality frontier), ``spar``
+    (speed/quality) and ``fpar`` (fit time/quality frontier) of their dataset."""
+    ok = with_ci_text(df[df.status == "ok"])
     ok["dataset"] = ok["panel"]
     for flag, col in (("spar", "search_qps"), ("fpar", "fit_s")):
         ok[flag] = False
         measured = ok[ok.oos & pd.to_numeric(ok.get(col), errors="coerce").notna()] if col in ok else ok.iloc[:0]
         for _, g in measured.groupby("panel", sort=False):
             ok.loc[g.index, flag] = pareto_mask(g, ("retained_pct", col))
-    cols = point_columns(ok) + ["oos", "pareto", "spar", "fpar"]
+    cols = ["dataset", "group", *point_columns(ok), *FLAGS]
     out = []
     for rec in ok[cols].itertuples(index=False):
         vals = {k: _round(v) for k, v in zip(cols, rec) if v is not None and v is not pd.NA}
@@ -70,15 +94,8 @@ def points(df: pd.DataFrame) -> list[dict]:
 
 def _tooltip(cols: list[str]):
     import altair as alt
-    out = []
-    for c in cols:
-        if c in ("dataset", "oos", "pareto", "spar", "fpar"):
-            continue
-        kind = "Q" if c in METRICS or c in ("ci_low", "ci_high", "speedup", "latency_p50_ms", "latency_p99_ms",
-                                            "search_bytes") else "N"
-        out.append(alt.Tooltip(f"{c}:{kind}", title=POINT_FIELDS.get(c, label(c)),
-                               **({"format": ".3~g"} if kind == "Q" else {})))
-    return out
+    return [alt.Tooltip(f"{f}:{'N' if fmt is None else 'Q'}", title=title, **({"format": fmt} if fmt else {}))
+            for f, title, fmt in TOOLTIP if f in cols]
 
 
 def _scales(present: set[str]):
@@ -128,10 +145,11 @@ def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
 
 def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
     import altair as alt
-    cols = point_columns(g)
+    cols = point_columns(with_ci_text(g))
     present = set(g.loc[g.oos, "group"])
     out = {"chart-quality": (_chart(
-        alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log"), title="bytes per vector (log scale)"),
+        alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log", nice=False, padding=14),
+              title="bytes per vector (log scale)"),
         alt.Y("retained_pct:Q", title="quality kept, % of float32"), "datum.oos", "datum.pareto", cols,
         "Quality kept against storage", present, rule=QUALITY_LINE),
         "Every out-of-sample cell of the selected dataset: quality kept (main metric as % of float32) against "
