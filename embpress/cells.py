@@ -268,7 +268,6 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     main = MAIN_METRIC[ctx.task]
     row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
     row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
-    row.update(retained_interval(task.truth, ctx.task, main, per_query))
     return row, per_query
 
 
@@ -320,6 +319,8 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # cache, .npy loading): no per-call scan inside the measured kernels
         with config_context(assume_finite=True):
             row, per_query = evaluate(task)
+        if row["status"] == "ok":
+            row.update(retained_interval(task.truth, row["task"], row["main_metric"], per_query))
         problem = metric_problem(row)
         if problem is not None:   # an impossible figure is never reported as ok
             row.update(status="failed", error=f"impossible result: {problem}")

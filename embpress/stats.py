@@ -108,7 +108,10 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def paired(cell: dict, base: dict, task: str, metric: str) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None] | None:
+Paired = tuple[np.ndarray, np.ndarray, str, np.ndarray | None]
+
+
+def paired(cell: dict, base: dict, task: str, metric: str) -> Paired | None:
     """(compressed per query, baseline per query, statistic, gold) of a cell's main metric, from its
     per-query arrays and its (model, dataset)'s baseline arrays; None when they lack it. The one
     place that says which arrays a cell's interval pairs."""
@@ -123,7 +126,7 @@ def paired(cell: dict, base: dict, task: str, metric: str) -> tuple[np.ndarray, 
     return None
 
 
-def paired_arrays(run_dir: Path, row) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None] | None:
+def paired_arrays(run_dir: Path, row) -> Paired | None:
     """:func:`paired` of one ok result row, from the run's per-query files (None when missing)."""
     run_dir = Path(run_dir)
     cell = run_dir / "per_query" / f"{row['cell_id']}.npz"
