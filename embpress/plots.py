@@ -141,17 +141,25 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
     return _per_panel(data, draw, "Quality kept at each storage budget (higher and further left is better)")
 
 
+def insample_pairs(ok: pd.DataFrame) -> pd.Series:
+    """Which ok rows the in-sample vs cross-fitted comparison shows: the in-sample and cross-fitted
+    cells of each (panel, line) that has both (all False when the run has no such pair)."""
+    none = pd.Series(False, index=ok.index, dtype=bool)
+    if "protocol" not in ok or ok.empty:
+        return none
+    valid = ok.retained_pct.notna() & ok.bytes_per_vector.notna()
+    proto = ok.protocol.astype(str)
+    ins, cross = valid & (proto == "in-sample"), valid & proto.str.startswith("crossfit")
+    key = list(zip(ok.panel, ok.line))
+    both = {k for k, i in zip(key, ins) if i} & {k for k, c in zip(key, cross) if c}
+    return pd.Series([k in both for k in key], index=ok.index, dtype=bool) & (ins | cross)
+
+
 def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
     """Per dataset, each trained family that has in-sample cells: in-sample (dashed) against
     cross-fitted (solid) retained % per bytes per vector; None without such pairs."""
-    if "protocol" not in ok:
-        return None
-    data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
-    insample = data[data.protocol == "in-sample"]
-    lines = set(zip(insample.panel, insample.line))
-    paired = pd.Series([(p, l) in lines for p, l in zip(data.panel, data.line)], index=data.index, dtype=bool)
-    data = data[paired & (data.protocol.isin(["in-sample"]) | data.protocol.astype(str).str.startswith("crossfit"))]
-    if insample.empty or not (data.protocol != "in-sample").any():
+    data = ok[insample_pairs(ok)]
+    if data.empty:
         return None
 
     def draw(ax, panel, g):

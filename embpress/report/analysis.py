@@ -177,6 +177,52 @@ def best_per_budget(df: pd.DataFrame, budgets: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def task_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task) with two datasets or more: every out-of-sample compressor that ran on all of
+    them, with its mean retained % and the per-dataset spread (``retained_min``, ``retained_max``),
+    the geometric mean of its search speed-ups, its mean fit seconds and the datasets' names."""
+    ok = df[(df.status == "ok") & df.retained_pct.notna() & df.bytes_per_vector.notna() & out_of_sample(df)]
+    out = []
+    for (model, task), g in ok.groupby(["model", "task"], sort=False):
+        names = list(dict.fromkeys(g["dataset"]))
+        if len(names) < 2:
+            continue
+        su = pd.to_numeric(g.get("speedup", np.nan), errors="coerce")
+        g = g.assign(log_su=np.log(su.where(su > 0)), protocol=g.get("protocol", ""), fit_s=g.get("fit_s", np.nan))
+        agg = g.groupby(["compressor", "protocol"], sort=False, dropna=False).agg(
+            group=("group", "first"), bytes_per_vector=("bytes_per_vector", "max"),
+            retained_pct=("retained_pct", "mean"), retained_min=("retained_pct", "min"),
+            retained_max=("retained_pct", "max"), log_su=("log_su", "mean"), timed=("log_su", "count"),
+            fit_s=("fit_s", "mean"), n=("dataset", "nunique")).reset_index()
+        agg = agg[agg.n == len(names)]
+        agg["speedup"] = np.exp(agg["log_su"]).where(agg["timed"] == len(names))
+        out.append(agg.drop(columns=["log_su", "timed", "n"]).assign(model=model, task=task, datasets=", ".join(names)))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def task_best(means: pd.DataFrame, budgets: list[int]) -> pd.DataFrame:
+    """For each (model, task) of :func:`task_means` and each budget: the compressor with the highest
+    mean retained % within the budget and the one with the highest mean speed-up within one point of
+    it (``fast_*``), as :func:`best_per_budget` does for one dataset."""
+    rows = []
+    for (model, task), g in means.groupby(["model", "task"], sort=False) if len(means) else []:
+        for b in budgets:
+            cand = g[g.bytes_per_vector <= b]
+            row = {"budget": b, "model": model, "task": task, "datasets": g["datasets"].iloc[0]}
+            if len(cand):
+                best = _best(cand)
+                row.update({k: best.get(k) for k in ("compressor", "group", "bytes_per_vector", "retained_pct",
+                                                     "retained_min", "retained_max", "speedup", "fit_s")})
+                near = cand[(cand.retained_pct >= best.retained_pct - WITHIN_POINTS) & cand.speedup.notna()]
+                if len(near):
+                    fast = near.sort_values(["speedup", "retained_pct", "bytes_per_vector", "compressor"],
+                                            ascending=[False, False, True, True]).iloc[0]
+                    row.update({f"fast_{k}": fast.get(k) for k in ("compressor", "group", "bytes_per_vector",
+                                                                    "retained_pct", "speedup")})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def winner_rows(best: pd.DataFrame) -> pd.DataFrame:
     """The per-budget winners of one panel, largest budget first, consecutive budgets with the same
     winner and the same fastest-within-a-point merged into one row (``budget`` .. ``budget_max``)."""

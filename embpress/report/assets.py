@@ -120,6 +120,7 @@ JS = r"""
   }
   function applyDataset() {
     each('[data-ds]', function (el) { if (el.tagName !== 'TR') { el.hidden = el.getAttribute('data-ds') !== sel.value; } });
+    each('[data-in]', function (el) { el.hidden = JSON.parse(el.getAttribute('data-in')).indexOf(sel.value) < 0; });
     filterRows();
     drawCharts();
   }

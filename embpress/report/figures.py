@@ -37,7 +37,8 @@ TOOLTIP = [("compressor", "spec", None), ("family", "family", None), ("protocol"
            ("amortised_bytes_1m", "B/vector + fixed, 1 M", SIG3), ("speedup", "speed-up vs float32", SIG3),
            ("search_qps", "search queries/s", SIG3), ("latency_p50_ms", "latency p50 ms", SIG3),
            ("latency_p99_ms", "latency p99 ms", SIG3), ("search_kernel", "search kernel", None),
-           ("search_bytes", "searcher bytes", WHOLE), ("fit_s", "fit s", SIG3), ("encode_vps", "encode vectors/s", SIG3)]
+           ("search_bytes", "searcher bytes", WHOLE), ("fit_s", "fit s", SIG3),
+           ("encode_vps", "encode vectors/s", SIG3)]
 TOOLTIP += [(m, LABELS.get(m, m), SIG3) for m in METRICS if m not in {f for f, _, _ in TOOLTIP}]
 FLAGS = ["oos", "pareto", "spar", "fpar"]
 
@@ -84,7 +85,10 @@ def points(df: pd.DataFrame) -> list[dict]:
         measured = ok[ok.oos & pd.to_numeric(ok.get(col), errors="coerce").notna()] if col in ok else ok.iloc[:0]
         for _, g in measured.groupby("panel", sort=False):
             ok.loc[g.index, flag] = pareto_mask(g, ("retained_pct", col))
-    cols = ["dataset", "group", *point_columns(ok), *FLAGS]
+    from ..plots import insample_pairs
+    ok["cmp"] = insample_pairs(ok)
+    ok["fit"] = np.where(ok.oos, "cross-fitted", "in-sample")
+    cols = ["dataset", "group", *point_columns(ok), *FLAGS] + (["cmp", "line", "fit"] if ok.cmp.any() else [])
     out = []
     for rec in ok[cols].itertuples(index=False):
         vals = {k: _round(v) for k, v in zip(cols, rec) if v is not None and v is not pd.NA}
@@ -133,6 +137,26 @@ def _chart(x, y, filt: str, frontier: str, cols: list[str], title: str, present:
     return spec
 
 
+def _insample_chart(cols: list[str], present: set[str]) -> dict:
+    """One line per trained family and fit (solid: cross-fitted, dashed: in-sample) over bytes."""
+    import altair as alt
+    sel = alt.selection_point(fields=["group"], bind="legend", name="fam")
+    colour, _ = _scales(present)
+    dash = alt.StrokeDash("fit:N", scale=alt.Scale(domain=["cross-fitted", "in-sample"], range=[[1, 0], [5, 3]]),
+                          legend=alt.Legend(orient="top", title="fitted"))
+    chart = alt.Chart(alt.Data(name="points")).transform_filter("datum.cmp").mark_line(
+        point=alt.OverlayMarkDef(filled=True, size=30), strokeWidth=1.6).encode(
+        x=alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log", nice=False, padding=14),
+                title="bytes per vector (log scale)"),
+        y=alt.Y("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
+        color=colour, strokeDash=dash, detail="line:N", order="bytes_per_vector:Q", tooltip=_tooltip(cols),
+        opacity=alt.condition(sel, alt.value(0.9), alt.value(0.08))).add_params(sel)
+    spec = chart.properties(width="container", height=330, title="In-sample against cross-fitted").to_dict(
+        validate=False)
+    spec["autosize"] = {"type": "fit-x", "contains": "padding", "resize": True}
+    return spec
+
+
 def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
     """{element id: ({dataset panel: Vega-Lite spec}, caption)} of the page's interactive charts; each
     dataset's spec hovers the fields that dataset has."""
@@ -145,6 +169,8 @@ def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
 
 def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
     import altair as alt
+
+    from ..plots import insample_pairs
     cols = point_columns(with_ci_text(g))
     present = set(g.loc[g.oos, "group"])
     out = {"chart-quality": (_chart(
@@ -171,6 +197,12 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
             "Seconds to fit each compressor on its calibration vectors (per fold when cross-fitted) against quality "
             "kept; lower is cheaper. Black: cells no other cell beats on both. Compressors that learn nothing fit in "
             "microseconds.")
+    pairs = insample_pairs(g)
+    if pairs.any():
+        out["chart-insample"] = (_insample_chart(cols, set(g.loc[pairs, "group"])), (
+            "What in-sample fitting hides: the same trained compressors fitted on the very vectors they score (dashed) "
+            "and cross-fitted (solid: every vector scored by a fit that never saw it). The gap is memorisation of a "
+            "small corpus; everything else on this page uses out-of-sample cells only."))
     return out
 
 
@@ -247,17 +279,17 @@ EXPORTS = [
 ]
 
 
-def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str], bytes | None]:
+def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str]]:
     """Every matplotlib figure of an out-of-sample view of the run, plus the in-sample vs
-    cross-fitted comparison; returns (files written, notes on figures skipped, that comparison's PNG)."""
+    cross-fitted comparison; returns (files written, notes on figures skipped)."""
     from .. import plots
     colour = style_maps(df)
     ok_all = df[df.status == "ok"]
     ok = ok_all[ok_all.oos]
-    files, skipped, insample_png = [], [], None
+    files, skipped = [], []
     fig = plots.in_sample_vs_crossfit(ok_all, colour)
     if fig is not None:
-        insample_png = export(fig, out, "in_sample_vs_crossfit")
+        export(fig, out, "in_sample_vs_crossfit")
         files += ["figures/in_sample_vs_crossfit.png", "figures/in_sample_vs_crossfit.svg"]
     for name, fn, why in EXPORTS:
         fig = getattr(plots, fn)(ok, colour) if len(ok) else None
@@ -266,7 +298,7 @@ def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str], bytes
             continue
         export(fig, out, name)
         files += [f"figures/{name}.png", f"figures/{name}.svg"]
-    return files, skipped, insample_png
+    return files, skipped
 
 
 def start_exports(df: pd.DataFrame, out: Path):
