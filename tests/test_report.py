@@ -298,6 +298,8 @@ def test_filters_and_the_dataset_selector_change_the_visible_rows(quick_report, 
     browser.js("(() => { const i = document.getElementById('filter-text'); i.value = 'pq';"
                " i.dispatchEvent(new Event('input')); })()")
     assert _visible_rows(browser) == ["PQ16x8"]
+    assert browser.js("document.getElementById('filter-count').textContent") == \
+        f"1 of {(df.dataset == 'scifact').sum()} rows of scifact"
     browser.js("(() => { const i = document.getElementById('filter-text'); i.value = '';"
                " i.dispatchEvent(new Event('input')); const s = document.getElementById('dataset');"
                " s.value = 'stsbenchmark'; s.dispatchEvent(new Event('change')); })()")

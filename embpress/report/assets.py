@@ -77,14 +77,16 @@ JS = r"""
   function filterRows() {
     var table = document.getElementById('results-table');
     if (!table) { return; }
-    var t = (text.value || '').toLowerCase(), f = fam.value, b = bud.value, ds = sel.value, shown = 0;
+    var t = (text.value || '').toLowerCase(), f = fam.value, b = bud.value, ds = sel.value, shown = 0, all = 0;
     Array.prototype.forEach.call(table.tBodies[0].rows, function (r) {
-      var ok = r.getAttribute('data-ds') === ds && (!f || r.getAttribute('data-group') === f) &&
+      var here = r.getAttribute('data-ds') === ds;
+      var ok = here && (!f || r.getAttribute('data-group') === f) &&
                (!b || r.getAttribute('data-budget') === b) && (!t || r.textContent.toLowerCase().indexOf(t) >= 0);
       r.hidden = !ok;
       if (ok) { shown++; }
+      if (here) { all++; }
     });
-    count.textContent = shown + ' of ' + table.tBodies[0].rows.length + ' rows';
+    count.textContent = shown + ' of ' + all + ' rows of ' + ds;
     hideEmptyColumns(table);
   }
   var specsEl = document.getElementById('specs');
