@@ -3,6 +3,7 @@ inlined Vega bundle from vl-convert-python) and the matplotlib exports (PNG at 2
 papers and slides."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -168,11 +169,21 @@ def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
 
 
 def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
-    import altair as alt
-
+    """One dataset's charts; datasets with the same fields and family groups share their specs
+    (built once: altair takes a tenth of a second per chart)."""
     from ..plots import insample_pairs
-    cols = point_columns(with_ci_text(g))
-    present = set(g.loc[g.oos, "group"])
+    pairs = insample_pairs(g)
+    has = tuple(c in g and pd.to_numeric(g[c], errors="coerce").notna().any() for c in ("speedup", "fit_s"))
+    key = (tuple(point_columns(with_ci_text(g))), frozenset(g.loc[g.oos, "group"]), *has,
+           frozenset(g.loc[pairs, "group"]) if pairs.any() else None)
+    return {cid: tuple(v) for cid, v in json.loads(_specs(*key)).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _specs(cols: tuple, present: frozenset, speed: bool, fit: bool, pair_groups: frozenset | None) -> str:
+    """{chart id: [spec, caption]} as JSON, for the fields and groups a dataset has."""
+    import altair as alt
+    cols, present = list(cols), set(present)
     out = {"chart-quality": (_chart(
         alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log", nice=False, padding=14),
               title="bytes per vector (log scale)"),
@@ -181,7 +192,7 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
         "Every out-of-sample cell of the selected dataset: quality kept (main metric as % of float32) against "
         f"bytes per vector. Black: the Pareto frontier; dashed red: {QUALITY_LINE:.0f} %. Hover a point for its "
         "spec, bytes and every metric; click a family in the legend to show or hide it.")}
-    if "speedup" in g and g["speedup"].notna().any():
+    if speed:
         out["chart-speed"] = (_chart(
             alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
             alt.Y("speedup:Q", scale=alt.Scale(type="log"), title="search speed-up vs float32 (log scale)"),
@@ -189,7 +200,7 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
             "Search queries per second of each compressor divided by float32's on the same dataset (the grid's own "
             "exact scan of the codes, on this run's corpus), against quality kept. Black: cells no other cell beats "
             "on both. Datasets without search timings (STS pairs) have no such chart.")
-    if "fit_s" in g and g["fit_s"].notna().any():
+    if fit:
         out["chart-fit"] = (_chart(
             alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
             alt.Y("fit_s:Q", scale=alt.Scale(type="log"), title="fit seconds (log scale)"),
@@ -197,13 +208,12 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
             "Seconds to fit each compressor on its calibration vectors (per fold when cross-fitted) against quality "
             "kept; lower is cheaper. Black: cells no other cell beats on both. Compressors that learn nothing fit in "
             "microseconds.")
-    pairs = insample_pairs(g)
-    if pairs.any():
-        out["chart-insample"] = (_insample_chart(cols, set(g.loc[pairs, "group"])), (
+    if pair_groups:
+        out["chart-insample"] = (_insample_chart(cols, set(pair_groups)), (
             "What in-sample fitting hides: the same trained compressors fitted on the very vectors they score (dashed) "
             "and cross-fitted (solid: every vector scored by a fit that never saw it). The gap is memorisation of a "
             "small corpus; everything else on this page uses out-of-sample cells only."))
-    return out
+    return json.dumps(out)
 
 
 def vega_bundle() -> str:
@@ -269,7 +279,8 @@ def style_maps(df: pd.DataFrame) -> dict[str, str]:
     return colour
 
 
-EXPORTS = [
+EXPORTS = [    # (file name, embpress.plots function, why it can be missing; None: nothing said)
+    ("in_sample_vs_crossfit", "in_sample_vs_crossfit", None),
     ("quality_vs_bytes", "quality_vs_bytes", "no finished cells"),
     ("knn_recall_vs_bytes", "knn_vs_bytes", "no retrieval or neighbour cells"),
     ("qps_vs_recall", "qps_vs_recall", "no retrieval or neighbour cells"),
@@ -277,47 +288,58 @@ EXPORTS = [
     ("sts_vs_bytes", "sts_vs_bytes", "no STS cells"),
     ("rescoring", "rescoring", "no compressor with rescore= in its spec"),
 ]
+#: Processes drawing the exports beside the page, one figure per task (matplotlib is single threaded).
+#: One: on 2 cores a second drawer starved the page's own half (the default run's build measured
+#: 15-21 s with two, 14-17 s with one, on a loaded machine).
+EXPORT_WORKERS = 1
+
+
+def export_one(df: pd.DataFrame, out: Path, name: str) -> tuple[list[str], str | None]:
+    """Draw one export of :data:`EXPORTS` (the in-sample comparison from every ok cell, the others
+    from the out-of-sample ones); returns (files written, a note when there is nothing to draw)."""
+    from .. import plots
+    fn, why = next((f, w) for n, f, w in EXPORTS if n == name)
+    colour = style_maps(df)
+    ok = df[df.status == "ok"]
+    ok = ok if name == "in_sample_vs_crossfit" else ok[ok.oos]
+    fig = getattr(plots, fn)(ok, colour) if len(ok) else None
+    if fig is None:
+        return [], f"{name}: figure skipped ({why} in this run)" if why else None
+    export(fig, out, name)
+    return [f"figures/{name}.png", f"figures/{name}.svg"], None
+
+
+def _collect(results: list[tuple[list[str], str | None]]) -> tuple[list[str], list[str]]:
+    return [f for files, _ in results for f in files], [note for _, note in results if note]
 
 
 def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str]]:
-    """Every matplotlib figure of an out-of-sample view of the run, plus the in-sample vs
-    cross-fitted comparison; returns (files written, notes on figures skipped)."""
-    from .. import plots
-    colour = style_maps(df)
-    ok_all = df[df.status == "ok"]
-    ok = ok_all[ok_all.oos]
-    files, skipped = [], []
-    fig = plots.in_sample_vs_crossfit(ok_all, colour)
-    if fig is not None:
-        export(fig, out, "in_sample_vs_crossfit")
-        files += ["figures/in_sample_vs_crossfit.png", "figures/in_sample_vs_crossfit.svg"]
-    for name, fn, why in EXPORTS:
-        fig = getattr(plots, fn)(ok, colour) if len(ok) else None
-        if fig is None:
-            skipped.append(f"{name}: figure skipped ({why} in this run)")
-            continue
-        export(fig, out, name)
-        files += [f"figures/{name}.png", f"figures/{name}.svg"]
-    return files, skipped
+    """Every export, here and now; returns (files written, notes on figures skipped)."""
+    return _collect([export_one(df, out, name) for name, _, _ in EXPORTS])
 
 
 def start_exports(df: pd.DataFrame, out: Path):
-    """:func:`export_all` in a forked process while the page is assembled (matplotlib is single
-    threaded; the report's other half runs beside it); returns a function waiting for its result.
-    Where fork is unavailable the figures are drawn here, at once."""
+    """The exports drawn by forked processes while the page is assembled; returns a function
+    waiting for (files written, notes on figures skipped). A figure whose drawer died (memory?) is
+    drawn here; where fork is unavailable, all of them are, at once."""
     import concurrent.futures
     import multiprocessing as mp
     if "fork" not in mp.get_all_start_methods():
         result = export_all(df, out)
         return lambda: result
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
-    future = pool.submit(export_all, df, out)
+    from .. import plots  # noqa: F401 - imported once, before the drawers fork
+    pool = concurrent.futures.ProcessPoolExecutor(EXPORT_WORKERS, mp_context=mp.get_context("fork"))
+    futures = [(name, pool.submit(export_one, df, out, name)) for name, _, _ in EXPORTS]
 
     def wait():
+        results = []
         try:
-            return future.result()
-        except concurrent.futures.process.BrokenProcessPool:     # the child died (memory?): draw them here
-            return export_all(df, out)
+            for name, future in futures:
+                try:
+                    results.append(future.result())
+                except concurrent.futures.process.BrokenProcessPool:
+                    results.append(export_one(df, out, name))
         finally:
             pool.shutdown()
+        return _collect(results)
     return wait
