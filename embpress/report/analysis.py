@@ -263,10 +263,9 @@ def speed_basis(df: pd.DataFrame, panel: str) -> str:
         return "No search timings for this dataset (similarity pairs are scored, not searched)."
     n_vec = pd.to_numeric(timed["n_vectors"], errors="coerce").max() if "n_vectors" in timed else np.nan
     n_q = pd.to_numeric(timed["n_queries"], errors="coerce").max() if "n_queries" in timed else np.nan
-    kernels = sorted({str(k) for k in timed["search_kernel"].dropna()}) if "search_kernel" in timed else []
     text = (f"Speed measured on {n_vec:,.0f} vectors" if pd.notna(n_vec) else "Speed measured on the grid's corpus") + \
-        (f" × {n_q:,.0f} queries" if pd.notna(n_q) else "") + " by the grid itself (exact scan of the codes"
-    text += f"; kernels: {', '.join(kernels)})" if kernels else ")"
+        (f" × {n_q:,.0f} queries" if pd.notna(n_q) else "") + " by the grid itself (exact scan of the codes; " \
+        "each cell's search kernel is in the results table)"
     if f32.empty or pd.isna(pd.to_numeric(f32.get("search_qps"), errors="coerce")).all():
         text += "; no float32 timing, so no speed-up"
     return text + "."

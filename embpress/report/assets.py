@@ -44,9 +44,9 @@ body #vg-tooltip-element table{display:grid;grid-template-columns:auto minmax(0,
 column-gap:6px}
 body #vg-tooltip-element table tbody,body #vg-tooltip-element table tr{display:contents}
 body #vg-tooltip-element table tr td{padding:1px 0;max-width:220px}
-body #vg-tooltip-element table tr td.value{max-height:none;overflow-wrap:anywhere}
+body #vg-tooltip-element table tr td.value{max-height:none;white-space:normal;overflow-wrap:anywhere}
 body #vg-tooltip-element table tr:first-child td.value{grid-column:2/-1;font-weight:600;max-width:none}
-details{margin:6px 0}summary{cursor:pointer;font-weight:600}ul.files{columns:3;font-size:12px}
+details{margin:6px 0}summary{cursor:pointer;font-weight:600}details.protocol summary{font-weight:500}ul.files{columns:3;font-size:12px}
 @media (max-width:700px){main{padding:6px 10px 40px}.bar{padding:6px 10px;flex-wrap:nowrap}
 .bar nav{overflow-x:auto;white-space:nowrap;flex:1;min-width:0}
 dl.prov,dl.glossary{grid-template-columns:1fr}dl.prov dd,dl.glossary dd{margin:0 0 6px}ul.files{columns:1}

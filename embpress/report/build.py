@@ -131,7 +131,12 @@ def task_tables(page: Page, df: pd.DataFrame, budgets: list[int]) -> None:
 
 def answer_section(page: Page, df: pd.DataFrame, meta: dict) -> None:
     page.section("answer", "Which compressor for my budget and my speed", "answer")
-    page.add(f'<p class="protocol">{e(protocol_text(df))}</p>')
+    text = protocol_text(df)
+    if "protocol" in df and df["protocol"].notna().any():     # collapsed: the tables come first, on a phone too
+        page.add(f'<details class="protocol"><summary>How the compressors were fitted: only out-of-sample cells '
+                 f'(cross-fitted, oblivious, external) are recommended</summary>{e(text)}</details>')
+    else:                                                      # an old run's in-sample warning stays in sight
+        page.add(f'<p class="protocol">{e(text)}</p>')
     if meta.get("partial"):
         log.warning(f"warning: {meta.get('run_id')} is a partial run ({meta['partial']})")
         page.note(f"Partial run: {meta['partial']}. The figures show only the cells finished so far.")
