@@ -25,8 +25,9 @@ from .validate import metric_problem
 from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
 from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
                        overhead_flag, parse_calibration, training_rows)
-from .speed import measure_search
+from .speed import measure_search, spread
 from .stats import N_BOOT, SEED, PairedBootstrap, load_npz, paired
+from .timing import pack_fitted
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class CellTask:
     template: str | None = None
     threads: int = 0                 # 0: leave the libraries' defaults
     fit_cache: bool = True
+    timing: bool = False             # True: the runner's timing pass times this cell; the worker hands
+                                     # back its fitted pipeline instead of timing it beside other workers
 
 
 # ---------------------------------------------------------------------------- worker context
@@ -202,6 +205,7 @@ def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> No
     row.update(protocol=fits.protocol, folds=len(fits.pipes) if fits.fold_ids is not None else None,
                fold_seed=FOLD_SEED if fits.fold_ids is not None else None,
                fit_s=float(np.mean(fits.fit_s)), fit_cached=all(fits.cached),
+               fit_spread=spread(fits.fit_s) if len(fits.fit_s) > 1 and not any(fits.cached) else None,
                amortised_bytes_corpus=amortised_bytes(bpv, overhead, n_vectors),
                amortised_bytes_1m=amortised_bytes(bpv, overhead, DEPLOYMENT_VECTORS),
                overhead_flag=overhead_flag(bpv, overhead, n_vectors))
@@ -211,13 +215,15 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one cell; returns (result row, per-query arrays).
 
     Quality comes from the cell's protocol (cross-fitted folds merged, or one fit). Encode and
-    search times are measured on one pipeline over the full corpus, so a cross-fitted cell's
-    timings compare with every other cell's."""
+    search times are those of one pipeline (the first fold's) over the full corpus, so a
+    cross-fitted cell's timings compare with every other cell's: measured by the runner's timing
+    pass (``task.timing``, :mod:`embpress.timing`), which gets that pipeline in the per-query
+    arrays, or else here, beside the other workers (``timing = "indicative"``)."""
     limit_threads(task.threads)
     ctx = context_for(task)
     row: dict[str, Any] = {"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                            "task": ctx.task, "compressor": task.compressor, "status": "ok",
-                           "budget": task.budget, "template": task.template}
+                           "budget": task.budget, "template": task.template, "worker_pid": os.getpid()}
     per_query: dict[str, np.ndarray] = {}
     retrieval = ctx.task in ("retrieval", "neighbours")
     stored, ids = _stored(ctx)
@@ -235,40 +241,68 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row.update(status="infeasible", error=str(exc))
         return row, per_query
     _accounting(row, fits, dim, len(stored))
-    pipe = fits.pipes[0]
-    t0 = time.perf_counter()
-    codes = pipe.encode(stored)
-    row["encode_s"] = time.perf_counter() - t0
-    row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
-    if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
-        raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
-                           f"{row['bytes_per_vector']} bytes per vector")
     row["n_vectors"] = len(stored)
+    pipe = fits.pipes[0]
+    codes = _encode_all(task, row, pipe, stored)
     if retrieval:
-        Q = ctx.vectors["queries"]
-        speed = measure_search(pipe, codes, Q, task.k)     # build, batch, single-query latency, memory
-        _, ids_found = speed.pop("results")
-        row.update(speed)
-        row["n_queries"] = len(Q)
-        if fits.fold_ids is not None:
-            ids_found = _search_crossfit(fits, stored, Q, task.k)
-        per_query.update(_score_retrieval(row, ctx, ids_found))
+        per_query.update(_retrieval(task, row, ctx, fits, stored, codes))
     else:
-        n = len(ctx.scores)
-        t0 = time.perf_counter()
-        sim = pipe.pair_similarity(codes[:n], codes[n:])
-        row["score_s"] = time.perf_counter() - t0
-        if fits.fold_ids is not None:
-            sim = _similarity_crossfit(fits, stored, n)
-        per_query["similarity"] = np.asarray(sim, dtype=np.float64)
-        t0 = time.perf_counter()
-        row["spearman"] = sts_spearman(sim, ctx.scores)
-        row["metrics_s"] = time.perf_counter() - t0
-        row["n_queries"] = n
+        per_query.update(_similarity(task, row, ctx, fits, stored, codes))
+    if task.timing:         # the runner's timing pass measures this pipeline alone, later
+        per_query.update(pack_fitted(pipe, codes))
+    else:
+        row["timing"] = "indicative"
     main = MAIN_METRIC[ctx.task]
     row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
     row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
     return row, per_query
+
+
+def _encode_all(task: CellTask, row: dict[str, Any], pipe: Pipeline, stored: np.ndarray) -> np.ndarray:
+    """The first pipeline's codes of every stored vector (timed unless the timing pass will)."""
+    t0 = time.perf_counter()
+    codes = pipe.encode(stored)
+    if not task.timing:
+        row["encode_s"] = time.perf_counter() - t0
+        row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
+    if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
+        raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
+                           f"{row['bytes_per_vector']} bytes per vector")
+    return codes
+
+
+def _retrieval(task: CellTask, row: dict[str, Any], ctx: Context, fits: Fits, stored: np.ndarray,
+               codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Top-k of every query over the whole corpus (cross-fitted: each fold by its own pipeline) and
+    the scores; without a timing pass, the first pipeline's search is measured on the way."""
+    pipe, Q = fits.pipes[0], ctx.vectors["queries"]
+    row["n_queries"] = len(Q)
+    if task.timing:
+        ids_found = None if fits.fold_ids is not None else pipe.searcher(codes).search(Q, task.k)[1]
+    else:
+        speed = measure_search(pipe, codes, Q, task.k)     # build, batch, single-query latency, memory
+        _, ids_found = speed.pop("results")
+        row.update(speed)
+    if fits.fold_ids is not None:
+        ids_found = _search_crossfit(fits, stored, Q, task.k)
+    return _score_retrieval(row, ctx, ids_found)
+
+
+def _similarity(task: CellTask, row: dict[str, Any], ctx: Context, fits: Fits, stored: np.ndarray,
+                codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Every STS pair's similarity (cross-fitted: by the pipeline of the pair's fold) and Spearman."""
+    pipe, n = fits.pipes[0], len(ctx.scores)
+    t0 = time.perf_counter()
+    sim = pipe.pair_similarity(codes[:n], codes[n:])
+    if not task.timing:
+        row["score_s"] = time.perf_counter() - t0
+    if fits.fold_ids is not None:
+        sim = _similarity_crossfit(fits, stored, n)
+    t0 = time.perf_counter()
+    row["spearman"] = sts_spearman(sim, ctx.scores)
+    row["metrics_s"] = time.perf_counter() - t0
+    row["n_queries"] = n
+    return {"similarity": np.asarray(sim, dtype=np.float64)}
 
 
 _BOOTSTRAPS: dict[tuple, PairedBootstrap] = {}     # per (ground truth, metric, queries), in this worker

@@ -59,6 +59,13 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", default="local", help="local (default) or dask")
     r.add_argument("--no-fit-cache", action="store_true",
                    help="refit every compressor instead of reusing cached fits (e.g. to time a cold grid)")
+    r.add_argument("--no-timing", action="store_true",
+                   help="skip the timing pass: encode/search times are the workers' side-by-side ones, "
+                        "marked indicative (quicker)")
+    r.add_argument("--timing-repeats", type=int, default=3, metavar="N",
+                   help="timed samples per figure in the timing pass (medians and spreads; default 3)")
+    r.add_argument("--timing-threads", type=int, default=1, metavar="N",
+                   help="threads while timing (default 1)")
     r.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask, tcp://HOST:8786")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
@@ -149,7 +156,8 @@ def _cmd_run(args) -> int:
     from .validate import check_resume_options
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,
-                  threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache)
+                  threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache,
+                  timing=_timing_config(args))
     if args.resume is not None:
         check_resume_options(args)
         df, run_dir = run(resume=args.resume, **common)
@@ -172,6 +180,14 @@ def _cmd_run(args) -> int:
         args.out.mkdir(parents=True)
     df, run_dir = run(config, out_dir=args.out, **common)
     return _finish_run(df, run_dir, args)
+
+
+def _timing_config(args):
+    from .timing import TimingConfig
+    from .validate import check_int
+    check_int("--timing-repeats", args.timing_repeats, 1)
+    check_int("--timing-threads", args.timing_threads, 1)
+    return TimingConfig(enabled=not args.no_timing, repeats=args.timing_repeats, threads=args.timing_threads).check()
 
 
 def _finish_run(df, run_dir: Path, args) -> int:

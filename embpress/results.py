@@ -1,5 +1,6 @@
 """Run folders: ``results/<run-id>/`` with run.json (provenance), cells.jsonl (each finished cell,
-appended as it finishes), results.parquet and results.csv (written at the end).
+appended as it finishes), timings.jsonl (each cell's isolated timings, appended by the timing
+pass: ``embpress.timing``; merged into the rows), results.parquet and results.csv (written at the end).
 
 A run never overwrites another: the folder is created exclusively, with a suffix on collision.
 """
@@ -110,6 +111,7 @@ class RunWriter:
     def __init__(self, run_dir: Path, config: dict[str, Any]):
         self.dir = run_dir
         self.cells_path = run_dir / "cells.jsonl"
+        self.timings_path = run_dir / "timings.jsonl"
         self.started = time.time()
         self.meta: dict[str, Any] = {
             "run_id": run_dir.name, "status": "running",
@@ -135,9 +137,10 @@ class RunWriter:
         run_config.grid = grid
         self = cls.__new__(cls)
         self.dir, self.cells_path, self.started = run_dir, run_dir / "cells.jsonl", time.time()
+        self.timings_path = run_dir / "timings.jsonl"
         self.meta = meta
         self.meta.update(status="running", resumed=self.meta.get("resumed", 0) + 1)
-        rows = self.rows()
+        rows = read_cells(self.cells_path)
         text = "".join(json.dumps(r) + "\n" for r in rows)
         atomic_write(self.cells_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self.write_meta()
@@ -151,14 +154,18 @@ class RunWriter:
         atomic_write(self.dir / "run.json", lambda tmp: tmp.write_text(text))
 
     def add_cell(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, default=_jsonable) + "\n"
-        with open(self.cells_path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        _append_line(self.cells_path, row)
+
+    def add_timing(self, record: dict[str, Any]) -> None:
+        """One cell's isolated timings (``cell_id`` plus the timed columns)."""
+        _append_line(self.timings_path, record)
+
+    def timed_cell_ids(self) -> set[str]:
+        return set(read_timings(self.timings_path))
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_cells(self.cells_path)
+        """The finished cells, each with its isolated timings when the timing pass measured it."""
+        return with_timings(read_cells(self.cells_path), read_timings(self.timings_path))
 
     def finish(self, status: str = "finished") -> pd.DataFrame:
         """Write the table (each file atomically: complete or absent) and the final run.json."""
@@ -186,6 +193,40 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (after a newline if a kill left the last line torn, so the torn line
+    stays the only one lost)."""
+    line = json.dumps(record, default=_jsonable) + "\n"
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_timings(path: Path) -> dict[str, dict[str, Any]]:
+    """cell_id → the timing pass's columns (a torn last line is dropped; a cell timed twice keeps
+    the later figures)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("cell_id"), str):
+            out[rec["cell_id"]] = rec
+    return out
+
+
+def with_timings(rows: list[dict[str, Any]], timings: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, **timings[r["cell_id"]]} if r.get("cell_id") in timings else r for r in rows]
 
 
 def read_cells(path: Path) -> list[dict[str, Any]]:
@@ -263,7 +304,7 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         if status != "finished":
             meta["partial"] = f"the run is {status}: {len(df)} cells"
         return df, meta
-    rows = read_cells(path / "cells.jsonl")
+    rows = with_timings(read_cells(path / "cells.jsonl"), read_timings(path / "timings.jsonl"))
     meta["partial"] = f"{why}: {len(rows)} finished cells read from cells.jsonl"
     return to_frame(_in_order(rows, meta)), meta
 

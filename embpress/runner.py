@@ -31,6 +31,8 @@ from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template
 from .models import model_info, resolve_model
 from .protocol import parse_calibration
 from .results import RunWriter, format_table, io_failure, new_run_dir
+from .costs import slowest_first
+from .timing import TimingConfig, fitted_path, split_fitted, timing_pass
 from .validate import check_config, check_int
 
 log = logging.getLogger("embpress")
@@ -244,8 +246,10 @@ def _iter_results(tasks: list[CellTask], executor: str, workers: int, threads: i
 
 def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers: int = 1,
             threads: int | None = None, scheduler: str | None = None, progress: bool = True,
-            fit_cache: bool = True,
+            fit_cache: bool = True, timing: bool = False,
             echo: Callable[[str], None] = lambda m: None) -> None:
+    """Run the cells (their quality; with ``timing``, each worker's fitted pipeline is kept in the
+    run folder for the timing pass instead of timing it beside the other workers)."""
     from tqdm.auto import tqdm
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if (workers > 1 or executor == "dask") else 0
@@ -255,6 +259,7 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
     bar = tqdm(total=len(tasks), unit="cell", desc="cells", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
     say = (lambda m: bar.write(m, file=sys.stderr)) if progress else echo
+    t0 = time.perf_counter()
     runnable = []
     for t in tasks:
         if isinstance(t, _InfeasibleTask):
@@ -264,12 +269,16 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
             writer.add_cell(row)
             bar.update(1)
         else:
-            runnable.append(replace(t, fit_cache=fit_cache))
+            runnable.append(replace(t, fit_cache=fit_cache, timing=timing))
     try:
         for task, (row, per_query) in _iter_results(runnable, executor, workers, threads, scheduler):
+            per_query, fitted = split_fitted(per_query)
+            if fitted:
+                save_npz(fitted_path(writer.dir, task.cell_id), fitted)
             if per_query:
                 save_npz(writer.dir / "per_query" / f"{task.cell_id}.npz", per_query)
             row.update(writer.meta.get("model_profiles", {}).get(task.model, {}))
+            row["finished_s"] = round(time.perf_counter() - t0, 3)     # since the cell phase began
             writer.add_cell(row)
             bar.set_postfix_str(f"{row['dataset']} {task.compressor}", refresh=False)
             bar.update(1)
@@ -293,8 +302,13 @@ def _echo_cell(echo, row: dict[str, Any]) -> None:
 def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progress: bool = True,
         echo: Callable[[str], None] | None = None, executor: str = "local", workers: int = 1,
         threads: int | None = None, scheduler: str | None = None, fit_cache: bool = True,
-        resume: Path | None = None) -> tuple[pd.DataFrame, Path]:
-    """Run a grid (or resume a run folder); returns the results table and the run folder."""
+        resume: Path | None = None, timing: TimingConfig | None = None) -> tuple[pd.DataFrame, Path]:
+    """Run a grid (or resume a run folder); returns the results table and the run folder.
+
+    ``timing`` (default: on, :class:`embpress.timing.TimingConfig`): after the cells, time each one
+    alone; ``TimingConfig(enabled=False)`` keeps the workers' side-by-side timings, marked indicative.
+    A resumed run keeps the timing settings it was started with."""
+    timing = timing or TimingConfig()
     echo = echo or (lambda msg: log.info(msg))
     if executor not in EXECUTORS:
         raise EmbpressError(f"unknown executor {executor!r} (one of: {', '.join(EXECUTORS)})")
@@ -305,6 +319,9 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
     check_int("threads", threads, 0)
     if resume is not None:
         writer, config = RunWriter.reopen(resume)
+        if isinstance(writer.meta.get("timing"), dict):     # a resumed run keeps its own timing settings
+            timing = TimingConfig(**{k: v for k, v in writer.meta["timing"].items()
+                                     if k in TimingConfig.__dataclass_fields__}).check(f"{resume}/run.json: ")
     else:
         assert config is not None
     the_plan = plan(config)
@@ -320,12 +337,16 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
         tasks = prepare(the_plan, writer, progress, echo)
         writer.meta["prepare_s"] = round(time.perf_counter() - t_prep, 3)
         writer.meta["order"] = [t.cell_id for t in tasks]
-        todo = [t for t in tasks if t.cell_id not in done]
+        todo = slowest_first([t for t in tasks if t.cell_id not in done])
         echo(f"{len(tasks)} cells, {len(todo)} to run")
+        writer.meta["timing"] = timing.as_dict()
         t_cells = time.perf_counter()
         execute(todo, writer, executor=executor, workers=workers, threads=threads, scheduler=scheduler,
-                progress=progress, echo=echo, fit_cache=fit_cache)
+                progress=progress, echo=echo, fit_cache=fit_cache, timing=timing.enabled)
         writer.meta["cell_wall_s"] = round(time.perf_counter() - t_cells, 3)
+        if timing.enabled:
+            timing_pass([t for t in tasks if not isinstance(t, _InfeasibleTask)], writer, timing,
+                        progress=progress, echo=echo)
         status = "finished"
     except EmbpressError as exc:
         writer.meta["error"] = str(exc)

@@ -266,9 +266,24 @@ def speed_basis(df: pd.DataFrame, panel: str) -> str:
     text = (f"Speed measured on {n_vec:,.0f} vectors" if pd.notna(n_vec) else "Speed measured on the grid's corpus") + \
         (f" × {n_q:,.0f} queries" if pd.notna(n_q) else "") + " by the grid itself (exact scan of the codes; " \
         "each cell's search kernel is in the results table)"
+    text += timing_words(timed)
     if f32.empty or pd.isna(pd.to_numeric(f32.get("search_qps"), errors="coerce")).all():
         text += "; no float32 timing, so no speed-up"
     return text + "."
+
+
+def timing_words(timed: pd.DataFrame) -> str:
+    """How the times were taken: alone by the timing pass, or beside other workers (indicative)."""
+    modes = set(timed["timing"].dropna()) if "timing" in timed else set()
+    if modes == {"isolated"}:
+        threads = pd.to_numeric(timed.get("timing_threads"), errors="coerce").max()
+        repeats = pd.to_numeric(timed.get("timing_repeats"), errors="coerce").max()
+        from ..timing import TimingConfig
+        return (f", each cell timed alone after the grid on {threads:.0f} thread(s), medians of {repeats:.0f} "
+                f"(batch throughput over up to {TimingConfig().batch_queries} queries)")
+    if "indicative" in modes or not modes:
+        return ", timed inside the grid's workers beside each other (indicative: run without --no-timing for isolated times)"
+    return ", some cells timed alone, others beside other workers"
 
 
 def calibration_words(cal) -> str:
