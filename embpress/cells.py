@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,12 @@ import numpy as np
 from compressors import Pipeline, SpecError, config_context, parse_spec
 
 from .data import load_dataset
+from .files import load_npz
 from .fitcache import fit_pipeline, pack_fitted
 from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of,
                        overhead_flag, parse_calibration, training_rows)
 from .speed import spread
+from .stats import N_BOOT, SEED, PairedBootstrap
 from .tasks import TASKS, Task, TaskData, task_of
 from .validate import metric_problem
 from .vector_folders import is_vector_folder, load_vector_folder
@@ -228,6 +231,32 @@ def _score(row: dict[str, Any], kind: Task, answer: np.ndarray, ctx: TaskData) -
     return per_query
 
 
+_BOOTSTRAPS: dict[tuple, PairedBootstrap] = {}     # per (ground truth, metric, queries), in this worker
+
+
+@lru_cache(maxsize=8)
+def _truth_arrays(truth: str) -> dict[str, np.ndarray]:
+    return load_npz(Path(truth))
+
+
+def retained_interval(truth: str, task_kind: str, metric: str, per_query: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The 95 % paired-bootstrap interval of the cell's retained % (``ci_low``, ``ci_high``, with
+    its resamples and seed), computed by the worker as the cell finishes: the same interval as
+    :func:`embpress.stats.retained_ci` from the saved per-query files, which the report then need
+    not recompute. The resamples and the baseline's statistic are shared by a dataset's cells."""
+    pair = task_of(task_kind).paired(per_query, _truth_arrays(truth), metric)
+    if pair is None:
+        return {}
+    x, base, statistic, gold = pair
+    key = (truth, metric, len(x))
+    if key not in _BOOTSTRAPS:
+        if len(_BOOTSTRAPS) >= 4:       # a few (model, dataset)s at a time: each holds n × resamples counts
+            _BOOTSTRAPS.pop(next(iter(_BOOTSTRAPS)))
+        _BOOTSTRAPS[key] = PairedBootstrap(base, statistic, gold, N_BOOT, SEED)
+    low, high = _BOOTSTRAPS[key].interval(x)
+    return {"ci_low": low, "ci_high": high, "ci_resamples": N_BOOT, "ci_seed": SEED}
+
+
 def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """evaluate() that never raises: an unexpected error becomes a failed row with its message."""
     try:
@@ -235,6 +264,8 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # cache, .npy loading): no per-call scan inside the measured kernels
         with config_context(assume_finite=True):
             row, per_query = evaluate(task)
+        if row["status"] == "ok":
+            row.update(retained_interval(task.truth, row["task"], row["main_metric"], per_query))
         problem = metric_problem(row, task_of(row["task"]).required if row.get("task") in TASKS else ())
         if problem is not None:   # an impossible figure is never reported as ok
             row.update(status="failed", error=f"impossible result: {problem}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
 
 
 @dataclass(frozen=True)
@@ -139,4 +138,5 @@ def knn_recall(found: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
 
 
 def sts_spearman(similarity: np.ndarray, gold: np.ndarray) -> float:
+    from scipy.stats import spearmanr       # imported here: scipy.stats alone takes most of a second to import
     return float(100 * spearmanr(similarity, gold).statistic)

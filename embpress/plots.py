@@ -29,10 +29,21 @@ RESCORE = re.compile(r":rescore=(\d+)")
 RESCORE_WITH = re.compile(r":rescore_with=[^:]*")
 
 
+def _plain(v, _pos=None) -> str:
+    """A log-axis label as a plain number (1, 10, 1,000, 0.001), as the page's charts write them:
+    no mathtext to typeset (a tenth of the exports' drawing time)."""
+    return f"{v:,.0f}" if v >= 1 else f"{v:.10g}"
+
+
+def _log(axis) -> None:
+    """A log axis's labels: powers of ten only (minor labels collide on short ranges), plain numbers."""
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _logx(ax) -> None:
-    """A log x axis labelled at powers of ten only (minor labels collide on short ranges)."""
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _log(ax.xaxis)
 
 
 def colours(labels) -> dict[str, tuple]:
@@ -138,17 +149,25 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
     return _per_panel(data, draw, "Quality kept at each storage budget (higher and further left is better)")
 
 
+def insample_pairs(ok: pd.DataFrame) -> pd.Series:
+    """Which ok rows the in-sample vs cross-fitted comparison shows: the in-sample and cross-fitted
+    cells of each (panel, line) that has both (all False when the run has no such pair)."""
+    none = pd.Series(False, index=ok.index, dtype=bool)
+    if "protocol" not in ok or ok.empty:
+        return none
+    valid = ok.retained_pct.notna() & ok.bytes_per_vector.notna()
+    proto = ok.protocol.astype(str)
+    ins, cross = valid & (proto == "in-sample"), valid & proto.str.startswith("crossfit")
+    key = list(zip(ok.panel, ok.line))
+    both = {k for k, i in zip(key, ins) if i} & {k for k, c in zip(key, cross) if c}
+    return pd.Series([k in both for k in key], index=ok.index, dtype=bool) & (ins | cross)
+
+
 def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
     """Per dataset, each trained family that has in-sample cells: in-sample (dashed) against
     cross-fitted (solid) retained % per bytes per vector; None without such pairs."""
-    if "protocol" not in ok:
-        return None
-    data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
-    insample = data[data.protocol == "in-sample"]
-    lines = set(zip(insample.panel, insample.line))
-    paired = pd.Series([(p, l) in lines for p, l in zip(data.panel, data.line)], index=data.index, dtype=bool)
-    data = data[paired & (data.protocol.isin(["in-sample"]) | data.protocol.astype(str).str.startswith("crossfit"))]
-    if insample.empty or not (data.protocol != "in-sample").any():
+    data = ok[insample_pairs(ok)]
+    if data.empty:
         return None
 
     def draw(ax, panel, g):
@@ -201,6 +220,7 @@ def qps_vs_recall(ok: pd.DataFrame, colour: dict):
             ax.scatter(pts["knn_recall_at_10"], pts["search_qps"], s=18, color=colour.get(str(line), "C0"),
                        marker=MARKERS.get(str(line), "o"), alpha=0.8, linewidths=0, label=str(line), zorder=3)
         ax.set_yscale("log")
+        _log(ax.yaxis)
         ax.set_xlabel("neighbour recall@10 (%)")
         ax.set_ylabel("queries per second (exact scan of the codes, log scale)")
         ax.set_title(f"{panel}: speed against accuracy")

@@ -18,7 +18,7 @@ from .metrics import console_columns, of_kind
 #: them, then how the cell was fitted and what it says.
 COLUMNS = (["dataset", "task", "model", "compressor", "family", "status", "budget", "template", "dim", "out_dim"]
            + of_kind("storage") + of_kind("quality") + ["main_metric", "quality", "baseline_quality"]
-           + of_kind("summary") + of_kind("speed") + ["search_kernel"] + of_kind("memory") + ["search_rss_delta_bytes"]
+           + of_kind("summary") + ["ci_low", "ci_high", "ci_resamples", "ci_seed"] + of_kind("speed") + ["search_kernel"] + of_kind("memory") + ["search_rss_delta_bytes"]
            + ["protocol", "calibration", "folds", "fold_seed", "n_train", "n_vectors", "n_queries", "fit_cached",
               "overhead_flag", "warnings", "error", "cell_id"])
 

@@ -5,10 +5,14 @@
   compressed and the baseline statistic on the same resample, so the interval reflects the paired
   difference, not the spread of the dataset. Spearman is recomputed on each resample of pairs,
   with the gold scores resampled alongside.
+  :class:`PairedBootstrap` gives many cells of one dataset the same intervals with the resamples and
+  the baseline's statistic computed once: the grid's workers store each cell's interval with its row
+  (``ci_low``, ``ci_high``, ``ci_resamples``, ``ci_seed``), and :func:`retained_cis` computes them for
+  runs from before that.
 * :func:`pareto_mask`: which rows no other row beats on every objective, with each objective's
   direction taken from the metric registry (:data:`embpress.metrics.METRICS`).
 
-Both are used by the report and by ``embpress compare``; nothing else computes them.
+These are used by the grid, the report and ``embpress compare``; nothing else computes them.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from .runfolder import RunFolder
 from .tasks import task_of
 
 Statistic = str | Callable[[np.ndarray, np.ndarray | None], float]
+#: Resamples and seed of the retained-% intervals the grid stores with each cell and the report shows.
+N_BOOT, SEED = 1000, 0
 
 
 def _resample_ranks(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -94,7 +100,10 @@ def paired_bootstrap(compressed_per_query, baseline_per_query, statistic: Statis
 
 
 # ---------------------------------------------------------------------------- per-query files of a run
-def paired_arrays(run_dir: Path, row) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None] | None:
+Paired = tuple[np.ndarray, np.ndarray, str, np.ndarray | None]
+
+
+def paired_arrays(run_dir: Path, row) -> Paired | None:
     """(compressed per query, baseline per query, statistic, gold) of one ok cell's main metric, or
     None when its per-query files are missing."""
     folder = RunFolder(run_dir)
@@ -105,7 +114,7 @@ def paired_arrays(run_dir: Path, row) -> tuple[np.ndarray, np.ndarray, str, np.n
     return task_of(row["task"]).paired(load_npz(cell), load_npz(base), row["main_metric"])
 
 
-def retained_ci(run_dir: Path, row, n_boot: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+def retained_ci(run_dir: Path, row, n_boot: int = N_BOOT, seed: int = SEED) -> tuple[float, float] | None:
     """The 95 % paired-bootstrap interval of one ok result row's ``retained_pct``, from the run's
     per-query files (None when they are missing)."""
     arrays = paired_arrays(run_dir, row)
@@ -219,36 +228,53 @@ def percentile_interval(num: np.ndarray, den: np.ndarray, confidence: float) -> 
     return float(low), float(high)
 
 
-def retained_cis(run_dir: Path, rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+class PairedBootstrap:
+    """:func:`paired_bootstrap` of many compressed arrays against one baseline (``"mean"`` or
+    ``"spearman"``): the draw counts, the baseline's statistic per resample and the gold ranks are
+    computed once; :meth:`interval` gives each array the interval ``paired_bootstrap`` gives it."""
+
+    def __init__(self, baseline, statistic: str, gold=None, n_boot: int = N_BOOT, seed: int = SEED,
+                 confidence: float = 0.95):
+        if statistic not in ("mean", "spearman") or (statistic == "spearman" and gold is None):
+            raise ValueError(f"PairedBootstrap takes 'mean' or 'spearman' with gold, not {statistic!r}")
+        baseline = np.asarray(baseline, dtype=np.float64).ravel()
+        self.n, self.confidence = len(baseline), confidence
+        self._r = Resamples(self.n, n_boot, seed)
+        self._gold = None if statistic == "mean" else np.asarray(gold, dtype=np.float64).ravel()
+        self._den = self._statistic(baseline)
+
+    def _statistic(self, x: np.ndarray) -> np.ndarray:
+        return self._r.statistic(x, self._gold)
+
+    def interval(self, compressed) -> tuple[float, float]:
+        x = np.asarray(compressed, dtype=np.float64).ravel()
+        if len(x) != self.n:
+            raise ValueError(f"paired arrays differ in length: {len(x)}, {self.n}")
+        return percentile_interval(self._statistic(x), self._den, self.confidence)
+
+
+def retained_cis(run_dir: Path, rows: pd.DataFrame, n_boot: int = N_BOOT, seed: int = SEED,
                  confidence: float = 0.95) -> pd.DataFrame:
     """:func:`retained_ci` of many ok rows at once (columns ``ci_low``, ``ci_high``, index of
-    ``rows``; NaN where per-query files are missing): the same resamples and the same intervals as
-    one :func:`paired_bootstrap` per row, with the draw counts, the baseline's statistic and the gold
-    ranks computed once per (model, dataset) and the means as one matrix product."""
+    ``rows``; NaN where per-query files are missing): one :class:`PairedBootstrap` per (model,
+    dataset, metric), so the same resamples and intervals as one :func:`paired_bootstrap` per row."""
     folder = RunFolder(run_dir)
     out = pd.DataFrame({"ci_low": np.nan, "ci_high": np.nan}, index=rows.index)
     for (model, dataset), g in rows.groupby(["model", "dataset"], sort=False):
         base_file = folder.baseline(model, dataset)
         if not base_file.is_file():
             continue
-        base, resamples, baseline_stat = load_npz(base_file), {}, {}
+        base, boots = load_npz(base_file), {}
         for i, row in g.iterrows():
             if pd.isna(row.get("cell_id")) or not folder.cell_arrays(row["cell_id"]).is_file():
                 continue
-            paired = task_of(row["task"]).paired(load_npz(folder.cell_arrays(row["cell_id"])), base,
-                                                 row["main_metric"])
-            if paired is None:
+            pair = task_of(row["task"]).paired(load_npz(folder.cell_arrays(row["cell_id"])), base,
+                                               row["main_metric"])
+            if pair is None:
                 continue
-            x, b, statistic, gold = paired
-            key = statistic if statistic == "spearman" else row["main_metric"]
-            if len(x) not in resamples:
-                resamples[len(x)] = Resamples(len(x), n_boot, seed)
-            r = resamples[len(x)]
-            gold = None if gold is None else np.asarray(gold, dtype=np.float64)
-            x, b = np.asarray(x, dtype=np.float64), np.asarray(b, dtype=np.float64)
-            den = baseline_stat.get((key, len(x)))
-            if den is None:
-                den = baseline_stat[(key, len(x))] = r.spearman(b, gold) if gold is not None else r.mean(b)
-            num = r.spearman(x, gold) if gold is not None else r.mean(x)
-            out.loc[i, ["ci_low", "ci_high"]] = percentile_interval(num, den, confidence)
+            x, b, statistic, gold = pair
+            key = (row["main_metric"], len(x))
+            if key not in boots:
+                boots[key] = PairedBootstrap(b, statistic, gold, n_boot, seed, confidence)
+            out.loc[i, ["ci_low", "ci_high"]] = boots[key].interval(x)
     return out
