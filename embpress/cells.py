@@ -58,11 +58,20 @@ _THREADS = 0      # what limit_threads last set in this process
 
 
 def limit_threads(n: int) -> None:
-    """Pin BLAS/OpenMP and FAISS to n threads so parallel workers do not oversubscribe the CPU."""
+    """Pin BLAS/OpenMP and FAISS to n threads so parallel workers do not oversubscribe the CPU.
+
+    ``threadpool_limits`` reaches only the libraries already loaded, and scikit-learn and SciPy
+    (PCA, ITQ) bring their own OpenBLAS and OpenMP: they are loaded here first, and the
+    environment variables cover anything loaded later (measured: PCA fits 10x slower when
+    scikit-learn's BLAS kept 2 threads in each of 2 workers)."""
     global _THREADS
     if n <= 0 or n == _THREADS:
         return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
     import faiss
+    import scipy.linalg  # noqa: F401 - loaded so that the limit below reaches its BLAS
+    import sklearn.decomposition  # noqa: F401
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
     faiss.omp_set_num_threads(n)
