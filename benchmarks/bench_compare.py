@@ -56,8 +56,8 @@ def main() -> None:
     t = c.thresholds
     ratio_only = 0           # what the ratio threshold alone, without the spreads, would flag
     for r in cells.to_dict("records"):
-        for col, _, _ in SPEED:
-            label = SPEED_LABEL[col]
+        for metric in SPEED:
+            label = SPEED_LABEL[metric.name]
             slow, secs = r.get(f"{label}_slowdown"), r.get(f"{label}_s_b")
             if pd.notna(slow) and slow > t.speed_ratio and (secs or 0) >= t.speed_floor \
                     and r.get(f"{label}_note") != "cached fit":
