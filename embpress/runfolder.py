@@ -52,9 +52,13 @@ class RunFolder:
     def timings(self) -> Path:
         return self.path / "timings.jsonl"
 
+    @property
+    def fitted_dir(self) -> Path:
+        return self.path / "fitted"
+
     def fitted(self, cell_id: str) -> Path:
         """A worker's fitted pipeline and codes, handed to the timing pass."""
-        return self.path / "fitted" / f"{safe_name(cell_id)}.npz"
+        return self.fitted_dir / f"{safe_name(cell_id)}.npz"
 
     @property
     def table(self) -> Path:

@@ -146,7 +146,8 @@ def timing_pass(tasks: list, writer, cfg: TimingConfig, progress: bool = True,
 
     from .cells import limit_threads
     ok = {r["cell_id"] for r in writer.rows() if r.get("status") == "ok"}
-    todo = [t for t in tasks if t.cell_id in ok and t.cell_id not in writer.timed_cell_ids()]
+    timed = writer.timed_cell_ids()          # read once, not once per task
+    todo = [t for t in tasks if t.cell_id in ok and t.cell_id not in timed]
     if not todo:
         return
     limit_threads(cfg.threads)
@@ -169,7 +170,7 @@ def timing_pass(tasks: list, writer, cfg: TimingConfig, progress: bool = True,
     finally:
         bar.close()
     try:
-        writer.folder.fitted("x").parent.rmdir()      # gone once every cell is timed
+        writer.folder.fitted_dir.rmdir()      # gone once every cell is timed (kept if a file is left)
     except OSError:
         pass
     wall = time.perf_counter() - t0
