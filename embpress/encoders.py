@@ -38,11 +38,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import settings
+from .encoder_weights import COMPACT_ATTR
 from .errors import EmbpressError
 
 log = logging.getLogger("embpress")
 
 REFERENCE = "fp32"
+#: Methods of the variants that rewrite the float32 weights (``embpress.encoder_weights``, ``embpress.vocab_trim``).
+WEIGHT_METHODS = ("magnitude-prune", "weight-sharing", "svd-factorised-embedding", "vocab-trim")
 #: The quantized engine of the deprecated int8 API: its kernels (and so its numbers) differ per CPU family.
 QENGINE = "x86" if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") else "qnnpack"
 
@@ -78,15 +81,18 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 
 def variant_names() -> list[str]:
+    """The fixed variants; the weight-rewriting ones are a grammar (``encoder_weights.GRAMMAR``)."""
     return [REFERENCE, *VARIANTS]
 
 
 def get_variant(name: str) -> Variant:
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise EmbpressError(f"unknown encoder variant {name!r}; variants: {', '.join(variant_names())} "
-                            f"(written model@variant, e.g. all-MiniLM-L6-v2@int8-dynamic)") from None
+    """A fixed variant, or one of the pruning / sharing / trimming / factorising grammar."""
+    from .encoder_weights import GRAMMAR, parse_variant
+    variant = VARIANTS.get(name) or parse_variant(name)
+    if variant is None:
+        raise EmbpressError(f"unknown encoder variant {name!r}; variants: {', '.join(variant_names())}, "
+                            f"{GRAMMAR} (written model@variant, e.g. all-MiniLM-L6-v2@int8-dynamic)")
+    return variant
 
 
 # ---------------------------------------------------------------------------- building
@@ -110,6 +116,9 @@ def apply_variant(model, name: str, device: str = "cpu"):
         with warnings.catch_warnings():  # the whole API is deprecated: said once, in the module docstring
             warnings.simplefilter("ignore")
             return quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    if method in WEIGHT_METHODS:
+        from .encoder_weights import apply
+        return apply(model, variant)
     if method.startswith("torchao"):
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -150,7 +159,10 @@ def _tensor_bytes(t) -> tuple[int, int]:
 
 def footprint(model, folder=None) -> dict:
     """Model size: parameters, bytes in memory (every tensor, scales included) and on disk
-    (the state dict as ``torch.save`` writes it, plus the tokenizer and config files of ``folder``)."""
+    (the state dict as ``torch.save`` writes it, plus the tokenizer and config files of ``folder``).
+    A variant that rewrites the weights (pruned, shared, trimmed, factorised) is stored on disk in
+    the smallest honest format of each tensor (``encoder_weights.stored_bytes``), and adds
+    ``model_disk_bytes_no_entropy``, ``model_nonzero_params`` and ``model_disk_format``."""
     import torch
     state = model.state_dict()
     held = [_tensor_bytes(v) for v in state.values()]
@@ -160,8 +172,15 @@ def footprint(model, folder=None) -> dict:
     if folder is not None:
         from pathlib import Path
         support = sum(p.stat().st_size for pat in SUPPORT_FILES for p in Path(folder).glob(pat) if p.is_file())
-    return {"model_params": int(sum(h[1] for h in held)), "model_memory_bytes": int(sum(h[0] for h in held)),
-            "model_disk_bytes": buf.getbuffer().nbytes + support}
+    out = {"model_params": int(sum(h[1] for h in held)), "model_memory_bytes": int(sum(h[0] for h in held)),
+           "model_disk_bytes": buf.getbuffer().nbytes + support}
+    if getattr(model, COMPACT_ATTR, False):   # pruned, shared, trimmed, factorised: the smallest honest format
+        from .encoder_weights import format_summary, stored_bytes
+        stored = stored_bytes(state)
+        out.update(model_disk_bytes=stored["bytes"] + support, model_disk_bytes_no_entropy=stored["bytes_no_entropy"]
+                   + support, model_nonzero_params=stored["nonzero_params"],
+                   model_disk_format=format_summary(stored["formats"]))
+    return out
 
 
 def measure_throughput(model, texts: list[str], *, batch_size: int = 32, repeats: int = 2) -> float:
@@ -173,6 +192,20 @@ def measure_throughput(model, texts: list[str], *, batch_size: int = 32, repeats
         model.encode(texts, batch_size=batch_size, show_progress_bar=False)
         best = min(best, time.perf_counter() - t0)
     return len(texts) / best
+
+
+def time_interleaved(models: dict, text_sets: dict[str, list[str]], *, batch_size: int = 32,
+                     repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Best seconds of every model on every text set over ``repeats`` interleaved rounds (each round
+    times every model once on each set), so a burst of load from elsewhere hurts all models alike."""
+    best = {name: {label: float("inf") for label in text_sets} for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            for label, texts in text_sets.items():
+                t0 = time.perf_counter()
+                model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+                best[name][label] = min(best[name][label], time.perf_counter() - t0)
+    return best
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
