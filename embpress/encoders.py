@@ -183,17 +183,6 @@ def footprint(model, folder=None) -> dict:
     return out
 
 
-def measure_throughput(model, texts: list[str], *, batch_size: int = 32, repeats: int = 2) -> float:
-    """Texts encoded per second: the best of ``repeats`` timed passes after one warm-up batch."""
-    model.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.encode(texts, batch_size=batch_size, show_progress_bar=False)
-        best = min(best, time.perf_counter() - t0)
-    return len(texts) / best
-
-
 def time_interleaved(models: dict, text_sets: dict[str, list[str]], *, batch_size: int = 32,
                      repeats: int = 3) -> dict[str, dict[str, float]]:
     """Best seconds of every model on every text set over ``repeats`` interleaved rounds (each round
@@ -231,9 +220,9 @@ def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: in
 
     Returns ``model_variant, model_base, model_params, model_memory_bytes, model_disk_bytes,
     model_texts_per_s, model_base_texts_per_s, model_speedup, model_cosine_mean, model_cosine_min,
-    profile_texts, profile_batch_size, profile_threads``. Both models are timed in the same call
-    with the same batch size and threads (so ``model_speedup`` is the figure to compare across
-    machines). The result is cached by (model, texts, batch size, threads).
+    profile_texts, profile_batch_size, profile_threads``. Both models are timed in the same call,
+    in interleaved rounds (``time_interleaved``), with the same batch size and threads (so
+    ``model_speedup`` is the figure to compare across machines and rows). The result is cached by (model, texts, batch size, threads).
     """
     import torch
     from .embed import _encoder, cache_key
@@ -241,7 +230,7 @@ def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: in
     threads = threads or torch.get_num_threads()
     base = base_entry(info.entry)
     key = {**cache_key(info, "profile", "-", "-", texts), "batch_size": batch_size, "threads": threads,
-           "repeats": repeats}
+           "repeats": repeats, "timing": "interleaved"}
     key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = settings.cache_dir() / "profiles" / info.entry.name / f"{key['id']}.json"
     if use_cache and path.is_file():
@@ -255,10 +244,12 @@ def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: in
         base_model = _encoder(model_info(base), "cpu") if info.entry.variant else model
         out = {"model_variant": info.entry.variant or REFERENCE, "model_base": base.name,
                **footprint(model, info.path)}
-        out["model_texts_per_s"] = measure_throughput(model, texts, batch_size=batch_size, repeats=repeats)
-        out["model_base_texts_per_s"] = (
-            measure_throughput(base_model, texts, batch_size=batch_size, repeats=repeats)
-            if base_model is not model else out["model_texts_per_s"])
+        timed = {"variant": model, **({"base": base_model} if base_model is not model else {})}
+        for m in timed.values():   # one warm-up batch each, then interleaved rounds
+            m.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)
+        best = time_interleaved(timed, {"texts": texts}, batch_size=batch_size, repeats=repeats)
+        out["model_texts_per_s"] = len(texts) / best["variant"]["texts"]
+        out["model_base_texts_per_s"] = len(texts) / best.get("base", best["variant"])["texts"]
         out["model_speedup"] = out["model_texts_per_s"] / out["model_base_texts_per_s"]
         kw = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
         out.update(agreement(np.asarray(model.encode(texts, **kw), dtype=np.float32),

@@ -313,7 +313,8 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
     """Model-side compression: quality (% of the reference encoder's float32) against model size
     and encode speed, with the embedding-compression frontier of the reference beside them."""
     panels = [(size_col, f"model size: {size_col.replace('_', ' ')} (log scale)")] + (
-        [(speed_col, "encode throughput, texts/s (log scale)")] if speed_col else [])
+        [(speed_col, "encode speed: × float32, timed side by side (log scale)" if speed_col == "model_speedup"
+          else "encode throughput, texts/s (log scale)")] if speed_col else [])
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.0 * (len(panels) + 1), 4.4), squeeze=False)
     axes = list(axes.flat)
     datasets = sorted(variants["dataset"].unique())
@@ -323,7 +324,7 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
             pts = pts.dropna(subset=[col, "ref_pct"]).sort_values(col)
             ax.plot(pts[col].astype(float), pts["ref_pct"], marker="o", linestyle="none", color=dcol[ds], label=ds)
             for _, r in pts.iterrows():
-                ax.annotate(str(r["model"]), (float(r[col]), r["ref_pct"]), textcoords="offset points",
+                ax.annotate(str(r["model"]).split("@", 1)[-1], (float(r[col]), r["ref_pct"]), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color="#333")
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _logx(ax)
