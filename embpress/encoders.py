@@ -186,8 +186,12 @@ def footprint(model, folder=None) -> dict:
 def time_interleaved(models: dict, text_sets: dict[str, list[str]], *, batch_size: int = 32,
                      repeats: int = 3) -> dict[str, dict[str, float]]:
     """Best seconds of every model on every text set over ``repeats`` interleaved rounds (each round
-    times every model once on each set), so a burst of load from elsewhere hurts all models alike."""
+    times every model once on each set, after one untimed batch per model), so a burst of load from
+    elsewhere hurts all models alike and the best round is the least disturbed one."""
     best = {name: {label: float("inf") for label in text_sets} for name in models}
+    first = next(iter(text_sets.values()))[:batch_size]
+    for model in models.values():
+        model.encode(first, batch_size=batch_size, show_progress_bar=False)
     for _ in range(repeats):
         for name, model in models.items():
             for label, texts in text_sets.items():
@@ -245,8 +249,6 @@ def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: in
         out = {"model_variant": info.entry.variant or REFERENCE, "model_base": base.name,
                **footprint(model, info.path)}
         timed = {"variant": model, **({"base": base_model} if base_model is not model else {})}
-        for m in timed.values():   # one warm-up batch each, then interleaved rounds
-            m.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)
         best = time_interleaved(timed, {"texts": texts}, batch_size=batch_size, repeats=repeats)
         out["model_texts_per_s"] = len(texts) / best["variant"]["texts"]
         out["model_base_texts_per_s"] = len(texts) / best.get("base", best["variant"])["texts"]
