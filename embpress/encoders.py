@@ -219,14 +219,16 @@ def profile_texts(ds, n: int = 128) -> list[str]:
 
 
 def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: int | None = None,
-                    repeats: int = 2, use_cache: bool = True) -> dict:
+                    repeats: int = 5, use_cache: bool = True) -> dict:
     """Size, speed and agreement of a model variant against its float32 base, on ``texts``.
 
     Returns ``model_variant, model_base, model_params, model_memory_bytes, model_disk_bytes,
     model_texts_per_s, model_base_texts_per_s, model_speedup, model_cosine_mean, model_cosine_min,
     profile_texts, profile_batch_size, profile_threads``. Both models are timed in the same call,
     in interleaved rounds (``time_interleaved``), with the same batch size and threads (so
-    ``model_speedup`` is the figure to compare across machines and rows). The result is cached by (model, texts, batch size, threads).
+    ``model_speedup`` is the figure to compare across machines and rows); the best of ``repeats``
+    rounds is kept (5: fewer let a shared machine's bursts of load through). The result is cached
+    by (model, texts, batch size, threads, repeats).
     """
     import torch
     from .embed import _encoder, cache_key
