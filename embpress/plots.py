@@ -328,6 +328,10 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
                             xytext=(4, 3), fontsize=7, color="#333")
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _logx(ax)
+        if col == "model_speedup":   # a ratio: show at least 0.5-2× so ±3 % of noise does not look like a spread
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(min(lo, 0.5), max(hi, 2.0))
+            ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel(f"% of {reference} float32 quality")
         ax.set_title(f"Encoder variants: quality against {label.split(':')[0].split(',')[0]}")
