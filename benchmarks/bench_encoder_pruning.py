@@ -59,7 +59,7 @@ def _score(ds, vecs: dict) -> tuple[float, np.ndarray, np.ndarray]:
 
 def evaluate(model: str, variants: list[str], samples: list, batch_size: int, progress: bool) -> dict:
     """{model name: {dataset: figures}}: float32 and every variant on every sample."""
-    from embpress.embed import _encoder, embed_dataset
+    from embpress.embed import embed_dataset, encoder
     from embpress.encoders import agreement
     from embpress.models import model_info, resolve_model
     from embpress.stats import paired_bootstrap
@@ -79,7 +79,7 @@ def evaluate(model: str, variants: list[str], samples: list, batch_size: int, pr
                    **agreement(vecs, base_all)}
             if v == "trim":
                 test = ds.query_texts if ds.task == "retrieval" else ds.sentences1 + ds.sentences2
-                row["oov"] = oov_stats(_encoder(info, "cpu"), test)
+                row["oov"] = oov_stats(encoder(info, "cpu"), test)
             out.setdefault(info.entry.name, {})[ds.name] = row
     return out
 
@@ -87,11 +87,11 @@ def evaluate(model: str, variants: list[str], samples: list, batch_size: int, pr
 def measure(names: list[str], args) -> tuple[dict, dict]:
     """Every model's size, and its encode seconds on short and long texts, timed side by side."""
     from embpress.data import load_dataset
-    from embpress.embed import _encoder
+    from embpress.embed import encoder
     from embpress.encoders import footprint, time_interleaved
     from embpress.models import model_info, resolve_model
     infos = {n: model_info(resolve_model(n)) for n in names}
-    models = {n: _encoder(info, "cpu") for n, info in infos.items()}
+    models = {n: encoder(info, "cpu") for n, info in infos.items()}
     sizes = {n: footprint(models[n], infos[n].path) for n in names}
     sets = {"short": load_dataset("stsbenchmark").sentences1[:args.short],
             "long": load_dataset("scifact").corpus_texts[:args.long]}
@@ -115,9 +115,9 @@ def sparse_kernels(repeats: int, sparsities=(0.5, 0.75, 0.9, 0.99)) -> list[tupl
         w[w.abs() <= w.abs().flatten().kthvalue(int(s * w.numel())).values] = 0.0
         csr, best = w.to_sparse_csr(), [float("inf"), float("inf")]
         for _ in range(repeats):
-            for i, f in enumerate((lambda: x @ w.T, lambda: torch.sparse.mm(csr, x.T))):
+            for i, (a, b) in enumerate(((x, w.T), (csr, x.T))):
                 t0 = time.perf_counter()
-                f()
+                torch.sparse.mm(a, b) if a.is_sparse_csr else a @ b
                 best[i] = min(best[i], time.perf_counter() - t0)
         out.append((s, *best))
     return out

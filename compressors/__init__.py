@@ -5,7 +5,8 @@
     >>> codes = pipe.encode(corpus)            # uint8, shape (n, pipe.bytes_per_vector())
     >>> scores, ids = pipe.search(codes, queries, k=10)
 """
-from .base import Codec, Pipeline, SpecError, Stage, Transform, config_context
+from .base import Codec, SpecError, Stage, Transform, config_context
+from .pipeline import Pipeline
 from .registry import get_stage_class, register, stage_classes
 from .spec import format_pipeline, parse_spec
 

@@ -151,7 +151,8 @@ class RescoreSearcher(Searcher):
     @property
     def nbytes(self) -> int:
         copy_bytes = self.codes.shape[0] * (self.codes.shape[1] - self.codec._bit_bytes)
-        return self.bits.nbytes + int(copy_bytes) + int(self.codec.copy_.overhead_bytes)
+        copy = self.codec.copy_                 # never None: a searcher with a copy rescores
+        return self.bits.nbytes + int(copy_bytes) + (int(copy.overhead_bytes) if copy is not None else 0)
 
     def search(self, Q, k):
         c, codes, dim = self.codec, self.codes, self.codec.dim_

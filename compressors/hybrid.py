@@ -29,13 +29,13 @@ _HIGH = ("f16", "int8")
 _LOW = ("bin", "int4")
 
 
-class _SignMeans(Codec):
+class SignMeans(Codec):
     """One sign bit per dimension, decoded to the calibration mean of that side (not registered)."""
 
     def code_size(self, dim: int) -> int:
         return -(-dim // 8)
 
-    def fit(self, X: np.ndarray) -> "_SignMeans":
+    def fit(self, X: np.ndarray) -> "SignMeans":
         pos = X > 0
         n_pos = pos.sum(axis=0)
         self.pos_ = (np.where(pos, X, 0).sum(axis=0) / np.maximum(n_pos, 1)).astype(np.float32)
@@ -83,7 +83,7 @@ class HybridPrecision(Codec):
 
     def _parts(self) -> tuple[Codec, Codec]:
         high = Float16() if self.high == "f16" else ScalarQuantizer(bits=8)
-        low = _SignMeans() if self.low == "bin" else ScalarQuantizer(bits=4)
+        low = SignMeans() if self.low == "bin" else ScalarQuantizer(bits=4)
         return high, low
 
     def code_size(self, dim: int) -> int:

@@ -65,7 +65,7 @@ class LocalSearchQuantizer(FaissCodec):
         index.train(np.ascontiguousarray(X, dtype=np.float32))
         self.index_ = index
         self.n_train_ = X.shape[0]
-        self.fit_warnings_ = []
+        self.fit_warnings_: list[str] = []
         return self
 
     @property

@@ -1,8 +1,8 @@
 """The one place stages are registered: decorate a Stage subclass with ``@register``.
 
-Every module in this package is imported on first use (see ``compressors/__init__.py``), so
-adding a technique means adding one module whose classes carry ``@register``; nothing else
-changes.
+Every technique module of this package is imported on first use (``load_all``), so adding a
+technique means adding one module whose classes carry ``@register`` (the README's "Adding a
+compressor" lists the benchmark and test entries that go with it).
 """
 from __future__ import annotations
 
@@ -14,13 +14,8 @@ import string
 from .base import SpecError, Stage
 
 _REGISTRY: dict[str, type[Stage]] = {}
-_INFRA = {"base", "registry", "searchers", "spec"}
+_INFRA = {"base", "pipeline", "registry", "searchers", "spec"}
 _loaded = False
-
-
-def head_prefix(cls: type[Stage]) -> str:
-    """The literal text before the first field of a spec format ("PQ{m}x{nbits}" -> "PQ")."""
-    return next(iter(string.Formatter().parse(cls.spec_format)))[0]
 
 
 def register(cls: type[Stage]) -> type[Stage]:

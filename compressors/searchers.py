@@ -22,7 +22,7 @@ Kernels (measured on this machine, 200,000 x 384 vectors, top-100, one thread; s
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -126,6 +126,9 @@ class FaissSearcher(Searcher):
     """A FAISS index filled with the stored codes (``index`` may be an ``IndexPreTransform``);
     ``extra_bytes``: state outside the index's code store that the search reads (codebooks,
     rotations), ``prepare``: maps float queries to what the index takes."""
+
+    #: A filled index that ``index`` wraps without owning it (kept alive with the searcher).
+    filled: Any = None
 
     def __init__(self, index, kernel: str, extra_bytes: int = 0, prepare: Callable | None = None):
         self.index = index

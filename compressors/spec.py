@@ -12,23 +12,11 @@ stage is a transform stores float32 (an implicit ``F32``, not printed).
 """
 from __future__ import annotations
 
-import string
 from typing import Any
 
-from .base import Pipeline, SpecError, Stage
+from .base import SpecError, Stage, format_stage  # noqa: F401 - format_stage is part of the grammar's API
+from .pipeline import Pipeline, format_pipeline  # noqa: F401 - format_pipeline too
 from .registry import get_stage_class
-
-
-def _format_fields(fmt: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def _parse_value(text: str, default: Any, name: str, head: str) -> Any:
@@ -53,23 +41,6 @@ def _parse_value(text: str, default: Any, name: str, head: str) -> Any:
             except ValueError:
                 pass
     return text
-
-
-def format_stage(stage: Stage) -> str:
-    params = stage.get_params()
-    fields = _format_fields(stage.spec_format)
-    head = stage.spec_format.format(**{f: params[f] for f in fields})
-    defaults = stage.param_defaults()
-    opts = [f":{k}={_format_value(v)}" for k, v in params.items()
-            if k not in fields and v != defaults.get(k)]
-    return head + "".join(opts)
-
-
-def format_pipeline(pipe: Pipeline) -> str:
-    stages = pipe.stages
-    if pipe.transforms and type(pipe.codec).spec_format == "F32" and format_stage(pipe.codec) == "F32":
-        stages = pipe.transforms
-    return ",".join(format_stage(s) for s in stages)
 
 
 def parse_stage(token: str) -> Stage:

@@ -53,6 +53,9 @@ UNIT_NORM_TOL = 1e-3
 class _RotatedFaissCodec(FaissCodec):
     """A FAISS index behind an optional seeded ``RandomRotationMatrix`` (``rotate``, ``seed``)."""
 
+    rotate: bool      # constructor parameters of the subclasses
+    seed: int
+
     learns_from_data = False
 
     def _new_index(self, dim: int) -> faiss.Index:
@@ -127,7 +130,8 @@ class TurboQuant(_RotatedFaissCodec):
 
     def fit(self, X: np.ndarray) -> "TurboQuant":
         self._check_unit(X, "calibration vectors")
-        return super().fit(X)
+        super().fit(X)
+        return self
 
     def encode(self, X: np.ndarray) -> np.ndarray:
         self._check_unit(X, "vectors")

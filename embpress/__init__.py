@@ -19,7 +19,8 @@ def run(datasets=None, models=None, compressors=None, *, grid: str = "default", 
     learn from data are cross-fitted unless ``calibration`` says otherwise (see ``embpress.protocol``)."""
     from pathlib import Path
 
-    from .runner import load_grid, run as _run
+    from .grid import load_grid
+    from .runner import run as _run
     config = load_grid(grid)
     if compressors is not None:  # explicit specs replace the grid's families
         config.families, config.budgets, config.axes = [], [], {}

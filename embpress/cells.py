@@ -18,14 +18,17 @@ from typing import Any
 import numpy as np
 
 from compressors import Pipeline, SpecError, config_context, parse_spec
-from compressors.base import cosine_rows, knn_inner_product
 
-from .fitcache import calibration_digest, fit_cache_path, fit_pipeline  # noqa: F401
-from .validate import metric_problem
-from .metrics import MAIN_METRIC, knn_recall, retrieval_scores, sts_spearman
-from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of, merge_topk,
+from .data import load_dataset
+from .files import load_npz
+from .fitcache import fit_pipeline, pack_fitted
+from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of,
                        overhead_flag, parse_calibration, training_rows)
-from .speed import measure_search
+from .speed import spread
+from .stats import N_BOOT, SEED, PairedBootstrap
+from .tasks import TASKS, Task, TaskData, task_of
+from .validate import metric_problem
+from .vector_folders import is_vector_folder, load_vector_folder
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class CellTask:
     template: str | None = None
     threads: int = 0                 # 0: leave the libraries' defaults
     fit_cache: bool = True
+    timing: bool = False             # True: the runner's timing pass times this cell; the worker hands
+                                     # back its fitted pipeline instead of timing it beside other workers
 
 
 # ---------------------------------------------------------------------------- worker context
@@ -53,32 +58,28 @@ _THREADS = 0      # what limit_threads last set in this process
 
 
 def limit_threads(n: int) -> None:
-    """Pin BLAS/OpenMP and FAISS to n threads so parallel workers do not oversubscribe the CPU."""
+    """Pin BLAS/OpenMP and FAISS to n threads so parallel workers do not oversubscribe the CPU.
+
+    ``threadpool_limits`` reaches only the libraries already loaded, and scikit-learn and SciPy
+    (PCA, ITQ) bring their own OpenBLAS and OpenMP: they are loaded here first, and the
+    environment variables cover anything loaded later (measured: PCA fits 10x slower when
+    scikit-learn's BLAS kept 2 threads in each of 2 workers)."""
     global _THREADS
     if n <= 0 or n == _THREADS:
         return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
     import faiss
+    import scipy.linalg  # noqa: F401 - loaded so that the limit below reaches its BLAS
+    import sklearn.decomposition  # noqa: F401
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
     faiss.omp_set_num_threads(n)
     _THREADS = n
 
 
-@dataclass
-class Context:
-    task: str
-    vectors: dict[str, np.ndarray]
-    corpus_ids: list[str] = field(default_factory=list)
-    query_ids: list[str] = field(default_factory=list)
-    qrels: dict | None = None
-    scores: np.ndarray | None = None
-    exact_ids: np.ndarray | None = None
-    baseline: dict[str, float] = field(default_factory=dict)
-
-
 @lru_cache(maxsize=8)
-def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: str) -> Context:
-    from .data import is_vector_folder, load_dataset, load_vector_folder
+def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: str) -> TaskData:
     vecs = {part: np.load(path, mmap_mode="r") for part, path in vectors}
     if is_vector_folder(dataset):
         ds = load_vector_folder(dataset)
@@ -87,26 +88,14 @@ def _load_context(dataset: str, max_queries, max_docs, vectors: tuple, truth: st
     with np.load(truth, allow_pickle=False) as z:
         exact = z["exact_ids"] if "exact_ids" in z else None
         baseline = json.loads(str(z["baseline"]))
-    return Context(ds.task, vecs, list(getattr(ds, "corpus_ids", [])), list(getattr(ds, "query_ids", [])),
-                   getattr(ds, "qrels", None), getattr(ds, "scores", None), exact, baseline)
+    return TaskData.of(ds, vecs, exact_ids=exact, baseline=baseline)
 
 
-def context_for(task: CellTask) -> Context:
+def context_for(task: CellTask) -> TaskData:
     return _load_context(task.dataset, task.max_queries, task.max_docs, task.vectors, task.truth)
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _stored(ctx: Context) -> tuple[np.ndarray, list[str]]:
-    """The vectors a cell stores and the ids that assign them to folds: the corpus and its ids
-    (retrieval, neighbours), or both sentences of every pair with the pair's index twice (STS, so
-    a pair never straddles two folds)."""
-    if ctx.task in ("retrieval", "neighbours"):
-        return ctx.vectors["corpus"], ctx.corpus_ids
-    s1, s2 = ctx.vectors["sentences1"], ctx.vectors["sentences2"]
-    pairs = [f"pair:{i}" for i in range(len(s1))]
-    return np.concatenate([s1, s2]), pairs + pairs
-
-
 def _external_calibration(task: CellTask) -> np.ndarray:
     if not task.calibration_path:
         raise SpecError(f"calibration {task.calibration!r} has no vectors (dataset:NAME or file:PATH.npy)")
@@ -166,30 +155,6 @@ def fit_cell(task: CellTask, pipe: Pipeline, stored: np.ndarray, ids: list[str])
     return Fits(proto.label, [fitted], None, [fit_s], [cached], [len(calib)])
 
 
-def _search_crossfit(fits: Fits, stored: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
-    """Top-k ids over the whole corpus: each fold's codes searched with its own pipeline, the
-    lists merged by scores put on one scale."""
-    parts = []
-    for f, pipe in enumerate(fits.pipes):
-        rows = np.flatnonzero(fits.fold_ids == f)
-        if not len(rows):
-            continue
-        scores, local = pipe.search(pipe.encode(stored[rows]), Q, k)
-        parts.append((pipe.comparable_scores(Q, scores), np.where(local >= 0, rows[np.maximum(local, 0)], -1)))
-    return merge_topk(parts, k)[1]
-
-
-def _similarity_crossfit(fits: Fits, stored: np.ndarray, n: int) -> np.ndarray:
-    """STS similarity of every pair, scored by the pipeline of the pair's fold."""
-    sim = np.empty(n, dtype=np.float64)
-    pair_fold = fits.fold_ids[:n]
-    for f, pipe in enumerate(fits.pipes):
-        rows = np.flatnonzero(pair_fold == f)
-        if len(rows):
-            sim[rows] = pipe.pair_similarity(pipe.encode(stored[rows]), pipe.encode(stored[n + rows]))
-    return sim
-
-
 def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> None:
     """Bytes, training and protocol columns, from the first pipeline (every fold stores the same)."""
     pipe = fits.pipes[0]
@@ -201,6 +166,7 @@ def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> No
     row.update(protocol=fits.protocol, folds=len(fits.pipes) if fits.fold_ids is not None else None,
                fold_seed=FOLD_SEED if fits.fold_ids is not None else None,
                fit_s=float(np.mean(fits.fit_s)), fit_cached=all(fits.cached),
+               fit_spread=spread(fits.fit_s) if len(fits.fit_s) > 1 and not any(fits.cached) else None,
                amortised_bytes_corpus=amortised_bytes(bpv, overhead, n_vectors),
                amortised_bytes_1m=amortised_bytes(bpv, overhead, DEPLOYMENT_VECTORS),
                overhead_flag=overhead_flag(bpv, overhead, n_vectors))
@@ -209,18 +175,20 @@ def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> No
 def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one cell; returns (result row, per-query arrays).
 
-    Quality comes from the cell's protocol (cross-fitted folds merged, or one fit). Encode and
-    search times are measured on one pipeline over the full corpus, so a cross-fitted cell's
-    timings compare with every other cell's."""
+    Quality comes from the cell's protocol (cross-fitted folds merged, or one fit), scored by the
+    dataset's task type (``embpress.tasks``) exactly as its float32 baseline was. Encode and
+    search times are those of one pipeline (the first fold's) over the full corpus, so a
+    cross-fitted cell's timings compare with every other cell's: measured by the runner's timing
+    pass (``task.timing``, :mod:`embpress.timing`), which gets that pipeline in the per-query
+    arrays, or else here, beside the other workers (``timing = "indicative"``)."""
     limit_threads(task.threads)
     ctx = context_for(task)
+    kind = task_of(ctx.task)
     row: dict[str, Any] = {"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                            "task": ctx.task, "compressor": task.compressor, "status": "ok",
-                           "budget": task.budget, "template": task.template}
-    per_query: dict[str, np.ndarray] = {}
-    retrieval = ctx.task in ("retrieval", "neighbours")
-    stored, ids = _stored(ctx)
-    row["calibration"] = "pairs" if not retrieval and task.calibration == "corpus" else task.calibration
+                           "budget": task.budget, "template": task.template, "worker_pid": os.getpid()}
+    stored, ids = kind.stored_vectors(ctx.vectors), kind.stored_ids(ctx)
+    row["calibration"] = kind.stored if task.calibration == "corpus" else task.calibration
     dim = stored.shape[1]
     row["dim"] = dim
     try:
@@ -232,57 +200,70 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         row["fit_wall_s"] = time.perf_counter() - t0   # the fits, or loading them from the cache
     except SpecError as exc:
         row.update(status="infeasible", error=str(exc))
-        return row, per_query
+        return row, {}
     _accounting(row, fits, dim, len(stored))
-    pipe = fits.pipes[0]
-    t0 = time.perf_counter()
-    codes = pipe.encode(stored)
-    row["encode_s"] = time.perf_counter() - t0
-    row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
-    if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
-        raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
-                           f"{row['bytes_per_vector']} bytes per vector")
     row["n_vectors"] = len(stored)
-    if retrieval:
-        Q = ctx.vectors["queries"]
-        speed = measure_search(pipe, codes, Q, task.k)     # build, batch, single-query latency, memory
-        _, ids_found = speed.pop("results")
-        row.update(speed)
-        row["n_queries"] = len(Q)
-        if fits.fold_ids is not None:
-            ids_found = _search_crossfit(fits, stored, Q, task.k)
-        per_query.update(_score_retrieval(row, ctx, ids_found))
+    pipe = fits.pipes[0]
+    codes = _encode(task, row, pipe, stored)
+    answer = kind.answer(fits, codes, stored, ctx, task.k, row, timed=not task.timing)
+    per_query = _score(row, kind, answer, ctx)
+    if task.timing:         # the runner's timing pass measures this pipeline alone, later
+        per_query.update(pack_fitted(pipe, codes))
     else:
-        n = len(ctx.scores)
-        t0 = time.perf_counter()
-        sim = pipe.pair_similarity(codes[:n], codes[n:])
-        row["score_s"] = time.perf_counter() - t0
-        if fits.fold_ids is not None:
-            sim = _similarity_crossfit(fits, stored, n)
-        per_query["similarity"] = np.asarray(sim, dtype=np.float64)
-        t0 = time.perf_counter()
-        row["spearman"] = sts_spearman(sim, ctx.scores)
-        row["metrics_s"] = time.perf_counter() - t0
-        row["n_queries"] = n
-    main = MAIN_METRIC[ctx.task]
-    row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
-    row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
+        row["timing"] = "indicative"
     return row, per_query
 
 
-def _score_retrieval(row: dict[str, Any], ctx: Context, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """kNN recall against the exact float32 top-k and, with judgements, nDCG/recall/MRR."""
+def _encode(task: CellTask, row: dict[str, Any], pipe: Pipeline, stored: np.ndarray) -> np.ndarray:
+    """The first pipeline's codes of every stored vector (timed unless the timing pass will),
+    checked against the declared width."""
     t0 = time.perf_counter()
-    per_query: dict[str, np.ndarray] = {"top10": ids[:, :10].astype(np.int32)}
-    for kk in (10, 100):
-        kk_eff = min(kk, ctx.exact_ids.shape[1])
-        per_query[f"knn_recall_at_{kk}"] = 100 * knn_recall(ids, ctx.exact_ids, kk_eff)
-    if ctx.qrels is not None:
-        ranked = [[ctx.corpus_ids[j] for j in r if j >= 0] for r in ids]
-        per_query.update(retrieval_scores(ranked, ctx.query_ids, ctx.qrels))
-    row.update({m: float(v.mean()) for m, v in per_query.items() if m != "top10"})
+    codes = pipe.encode(stored)
+    if not task.timing:
+        row["encode_s"] = time.perf_counter() - t0
+        row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
+    if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
+        raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
+                           f"{row['bytes_per_vector']} bytes per vector")
+    return codes
+
+
+def _score(row: dict[str, Any], kind: Task, answer: np.ndarray, ctx: TaskData) -> dict[str, np.ndarray]:
+    """The answer's per-query arrays and figures, the main metric and its share of the baseline."""
+    t0 = time.perf_counter()
+    per_query = kind.score(answer, ctx)
+    row.update(kind.summarise(per_query, ctx))
     row["metrics_s"] = time.perf_counter() - t0
+    main = kind.main_metric
+    row.update(main_metric=main, quality=row[main], baseline_quality=ctx.baseline[main])
+    row["retained_pct"] = 100 * row["quality"] / ctx.baseline[main] if ctx.baseline[main] else None
     return per_query
+
+
+_BOOTSTRAPS: dict[tuple, PairedBootstrap] = {}     # per (ground truth, metric, queries), in this worker
+
+
+@lru_cache(maxsize=8)
+def _truth_arrays(truth: str) -> dict[str, np.ndarray]:
+    return load_npz(Path(truth))
+
+
+def retained_interval(truth: str, task_kind: str, metric: str, per_query: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The 95 % paired-bootstrap interval of the cell's retained % (``ci_low``, ``ci_high``, with
+    its resamples and seed), computed by the worker as the cell finishes: the same interval as
+    :func:`embpress.stats.retained_ci` from the saved per-query files, which the report then need
+    not recompute. The resamples and the baseline's statistic are shared by a dataset's cells."""
+    pair = task_of(task_kind).paired(per_query, _truth_arrays(truth), metric)
+    if pair is None:
+        return {}
+    x, base, statistic, gold = pair
+    key = (truth, metric, len(x))
+    if key not in _BOOTSTRAPS:
+        if len(_BOOTSTRAPS) >= 4:       # a few (model, dataset)s at a time: each holds n × resamples counts
+            _BOOTSTRAPS.pop(next(iter(_BOOTSTRAPS)))
+        _BOOTSTRAPS[key] = PairedBootstrap(base, statistic, gold, N_BOOT, SEED)
+    low, high = _BOOTSTRAPS[key].interval(x)
+    return {"ci_low": low, "ci_high": high, "ci_resamples": N_BOOT, "ci_seed": SEED}
 
 
 def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -292,7 +273,9 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # cache, .npy loading): no per-call scan inside the measured kernels
         with config_context(assume_finite=True):
             row, per_query = evaluate(task)
-        problem = metric_problem(row)
+        if row["status"] == "ok":
+            row.update(retained_interval(task.truth, row["task"], row["main_metric"], per_query))
+        problem = metric_problem(row, task_of(row["task"]).required if row.get("task") in TASKS else ())
         if problem is not None:   # an impossible figure is never reported as ok
             row.update(status="failed", error=f"impossible result: {problem}")
         return row, per_query
@@ -305,31 +288,6 @@ def run_cell(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 # ---------------------------------------------------------------------------- ground truth
 def ground_truth(ds, vectors: dict[str, np.ndarray], k: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Exact float32 results for a (model, dataset): top-k ids and the baseline quality, per query."""
-    arrays: dict[str, np.ndarray] = {}
-    if ds.task in ("retrieval", "neighbours"):
-        C, Q = vectors["corpus"], vectors["queries"]
-        _, ids = knn_inner_product(Q, C, k)
-        arrays["exact_ids"] = ids.astype(np.int32)
-        arrays["top10"] = arrays["exact_ids"][:, :10]
-        arrays["query_ids"] = np.asarray(ds.query_ids, dtype=str)
-        arrays["corpus_ids"] = np.asarray(ds.corpus_ids, dtype=str)
-        baseline = {"knn_recall_at_10": 100.0, "knn_recall_at_100": 100.0}
-        if ds.qrels is not None:
-            ranked = [[ds.corpus_ids[j] for j in row if j >= 0] for row in ids]
-            scores = retrieval_scores(ranked, ds.query_ids, ds.qrels)
-            arrays.update(scores)
-            baseline.update({m: float(v.mean()) for m, v in scores.items()})
-        return arrays, baseline
-    cos = cosine_rows(np.asarray(vectors["sentences1"]), np.asarray(vectors["sentences2"]))
-    arrays["similarity"] = cos.astype(np.float64)
-    arrays["gold"] = np.asarray(ds.scores, dtype=np.float64)
-    return arrays, {"spearman": sts_spearman(cos, ds.scores)}
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray], **extra: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays, **{k: np.asarray(json.dumps(v)) for k, v in extra.items()})
-    tmp.replace(path)
+    """Exact float32 results for a (model, dataset): the per-query arrays of its ground-truth file
+    and the baseline figures, scored by the code that scores every cell (``Task.ground_truth``)."""
+    return task_of(ds.task).ground_truth(TaskData.of(ds, vectors), k)

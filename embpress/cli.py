@@ -32,10 +32,8 @@ class _Parser(argparse.ArgumentParser):
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 8)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="embpress", description="Benchmark embedding compression: quality, bytes and speed.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
-
+def _add_run(sub) -> None:
+    """``embpress run``: a grid, its options and how it executes."""
     r = sub.add_parser("run", help="run a grid and print the results table")
     r.add_argument("--grid", default=None, help="grid name in benchmarks/ or a .toml path (default: default)")
     r.add_argument("-d", "--dataset", action="append", help="dataset name (repeatable; overrides the grid)")
@@ -59,21 +57,21 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", default="local", help="local (default) or dask")
     r.add_argument("--no-fit-cache", action="store_true",
                    help="refit every compressor instead of reusing cached fits (e.g. to time a cold grid)")
+    r.add_argument("--no-timing", action="store_true",
+                   help="skip the timing pass: encode/search times are the workers' side-by-side ones, "
+                        "marked indicative (quicker)")
+    r.add_argument("--timing-repeats", type=int, default=3, metavar="N",
+                   help="timed samples per figure in the timing pass (medians and spreads; default 3)")
+    r.add_argument("--timing-threads", type=int, default=1, metavar="N",
+                   help="threads while timing (default 1)")
     r.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask, tcp://HOST:8786")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the table")
 
-    ls = sub.add_parser("list", help="list datasets, models and compressor stages")
-    ls.add_argument("what", nargs="?", choices=["datasets", "models", "compressors"], default=None)
 
-    sh = sub.add_parser("show", help="print the results table of a run folder")
-    sh.add_argument("run", type=Path)
-
-    rp = sub.add_parser("report", help="build the HTML report of a run (reports/<run-id>/index.html)")
-    rp.add_argument("run", help="run folder, or a run id under the results folder")
-    rp.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run-id>)")
-
+def _add_compare(sub) -> None:
+    """``embpress compare``: two runs and the regression thresholds."""
     cp = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a regression (a CI gate)")
     cp.add_argument("run_a", metavar="RUN_A", help="run folder, run id under the results folder, or git commit "
                     "(the latest run recorded for it)")
@@ -93,6 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--intersection", action="store_true",
                     help="compare only the cells both runs have (by default B lacking cells of A fails the gate)")
 
+
+def _add_scale(sub) -> None:
+    """``embpress scale``: the deployment-size speed sweep."""
     sc = sub.add_parser("scale", help="search speed and memory from 10k to 1M vectors (synthetic corpora tiled from "
                         "cached real embeddings), against the fastest float32 kernel")
     sc.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N",
@@ -108,6 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, default=None, help="run folder (default results/<run-id>-scale)")
     sc.add_argument("--no-report", action="store_true", help="do not build the report page")
 
+
+def _add_mteb(sub) -> None:
+    """``embpress mteb``: MTEB tasks on compressor specs."""
     mt = sub.add_parser("mteb", help="run MTEB tasks (offline, from the datasets mirror) on compressor specs, "
                         "fitted once on stated calibration; mteb's result JSON + an embpress results table")
     mt.add_argument("-t", "--task", action="append", required=True, metavar="TASK",
@@ -125,6 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--no-fit-cache", action="store_true", help="refit every compressor")
     mt.add_argument("-q", "--quiet", action="store_true", help="print only the table")
 
+
+def _add_distill(sub) -> None:
+    """``embpress distill``: train a student encoder."""
     dl = sub.add_parser("distill", help="train a student encoder to mimic a teacher's embeddings (MSE on "
                         "training-split texts); saved as a model usable with -m NAME")
     dl.add_argument("--teacher", default="all-mpnet-base-v2", help="teacher model (default all-mpnet-base-v2)")
@@ -141,15 +148,39 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="projection start: ridge fit to the teacher (default) or random")
     dl.add_argument("--seed", type=int, default=0)
     dl.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="embpress", description="Benchmark embedding compression: quality, bytes and speed.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    _add_run(sub)
+
+    ls = sub.add_parser("list", help="list datasets, models and compressor stages")
+    ls.add_argument("what", nargs="?", choices=["datasets", "models", "compressors"], default=None)
+
+    sh = sub.add_parser("show", help="print the results table of a run folder")
+    sh.add_argument("run", type=Path)
+
+    rp = sub.add_parser("report", help="build the HTML report of a run (reports/<run-id>/index.html)")
+    rp.add_argument("run", help="run folder, or a run id under the results folder")
+    rp.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run-id>)")
+
+    _add_compare(sub)
+    _add_scale(sub)
+    _add_mteb(sub)
+    _add_distill(sub)
     return p
 
 
 def _cmd_run(args) -> int:
-    from .runner import load_grid, run
+    from .grid import load_grid
+    from .runner import run
     from .validate import check_resume_options
     echo = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     common = dict(progress=not args.no_progress, echo=echo, executor=args.executor, workers=args.workers,
-                  threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache)
+                  threads=args.threads, scheduler=args.scheduler, fit_cache=not args.no_fit_cache,
+                  timing=_timing_config(args))
     if args.resume is not None:
         check_resume_options(args)
         df, run_dir = run(resume=args.resume, **common)
@@ -172,6 +203,14 @@ def _cmd_run(args) -> int:
         args.out.mkdir(parents=True)
     df, run_dir = run(config, out_dir=args.out, **common)
     return _finish_run(df, run_dir, args)
+
+
+def _timing_config(args):
+    from .timing import TimingConfig
+    from .validate import check_int
+    check_int("--timing-repeats", args.timing_repeats, 1)
+    check_int("--timing-threads", args.timing_threads, 1)
+    return TimingConfig(enabled=not args.no_timing, repeats=args.timing_repeats, threads=args.timing_threads).check()
 
 
 def _finish_run(df, run_dir: Path, args) -> int:
@@ -215,7 +254,8 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .results import format_table, load_run
+    from .results import format_table
+    from .runfolder import load_run
     if not (args.run / "run.json").is_file():
         raise EmbpressError(f"{args.run} is not a run folder (no run.json)")
     df, meta = load_run(args.run)

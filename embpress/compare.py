@@ -12,10 +12,13 @@ A cell of B is a **regression** when
   interval of B / A (queries or pairs resampled together in both runs, :func:`embpress.stats.
   paired_bootstrap`, 95 %) lies entirely below 100 %: a drop that is consistent across queries,
   however small. The interval needs both runs' per-query files and the same queries in both;
-* *speed*: encode, search or fit is slower than ``speed_ratio`` times A's, counted only when B's
-  measurement took at least ``speed_floor`` seconds (shorter ones are mostly timer noise) and,
-  for fit, when neither fit came from the fitted-compressor cache (whose seconds are the original
-  fit's);
+* *speed*: encode, search or fit is slower than ``speed_ratio`` times A's **and beyond the
+  measured spread of both runs**: B's time, lowered by its spread, is still above A's, raised by
+  its spread (``encode_spread``, ``search_spread``: the interquartile range over the median of
+  the timing pass's repeats; ``fit_spread``: between the cross-fitted folds' fits). A figure
+  without a spread (an older run, an in-sample fit) is judged by the ratio alone, and the row
+  says so. Counted only when B's measurement took at least ``speed_floor`` seconds and, for fit,
+  when neither fit came from the fitted-compressor cache (whose seconds are the original fit's);
 * *bytes*: it stores more bytes per vector than A for the same spec;
 * *status*: it was ok in A and is infeasible or failed in B.
 
@@ -41,15 +44,17 @@ import pandas as pd
 
 from . import settings
 from .errors import EmbpressError
+from .metrics import METRICS, Metric
 from .report import markdown_table, resolve_run as resolve_run_folder
-from .results import load_run
-from .stats import baseline_path, load_npz, paired_arrays, paired_bootstrap
+from .files import load_npz, write_text
+from .runfolder import RunFolder, load_run
+from .stats import Resamples, paired_arrays, percentile_interval
 
 KEY = ["dataset", "model", "compressor", "budget"]
-#: Speed figures: (column, kind, count column). Time per run is n / throughput, or fit_s itself.
-SPEED = [("encode_vps", "throughput", "n_vectors"), ("search_qps", "throughput", "n_queries"),
-         ("fit_s", "seconds", None)]
+#: The timed operations compared, in the summary's order, and the metric that times each: seconds,
+#: or a throughput whose time per run is the registry's count column (``Metric.per``) / throughput.
 SPEED_LABEL = {"encode_vps": "encode", "search_qps": "search", "fit_s": "fit"}
+SPEED = [METRICS[col] for col in SPEED_LABEL]
 
 
 @dataclass
@@ -157,13 +162,13 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _seconds(row: dict, col: str, kind: str, count: str | None) -> float | None:
-    v = _num(row.get(col))
+def _seconds(row: dict, metric: Metric) -> float | None:
+    v = _num(row.get(metric.name))
     if v is None:
         return None
-    if kind == "seconds":
+    if metric.unit == "s":
         return v
-    n = _num(row.get(count)) if count else None
+    n = _num(row.get(metric.per)) if metric.per else None
     if v <= 0:
         return None
     return (n if n is not None else 1.0) / v
@@ -171,8 +176,8 @@ def _seconds(row: dict, col: str, kind: str, count: str | None) -> float | None:
 
 def _same_queries(a_dir: Path, a: dict, b_dir: Path, b: dict) -> bool:
     """Whether the per-query arrays of both cells are over the same queries (or pairs), in order."""
-    return _same_baseline_queries(str(baseline_path(a_dir, a["model"], a["dataset"])),
-                                  str(baseline_path(b_dir, b["model"], b["dataset"])))
+    return _same_baseline_queries(str(RunFolder(a_dir).baseline(a["model"], a["dataset"])),
+                                  str(RunFolder(b_dir).baseline(b["model"], b["dataset"])))
 
 
 @lru_cache(maxsize=64)
@@ -188,9 +193,14 @@ def _same_baseline_queries(path_a: str, path_b: str) -> bool:
     return True
 
 
-def quality_interval(a_dir: Path, a: dict, b_dir: Path, b: dict, thresholds: Thresholds
-                     ) -> tuple[float, float] | str:
-    """95 % paired-bootstrap interval of B's main metric as % of A's, or why there is none."""
+def quality_interval(a_dir: Path, a: dict, b_dir: Path, b: dict, thresholds: Thresholds,
+                     resamples: dict | None = None) -> tuple[float, float] | str:
+    """95 % paired-bootstrap interval of B's main metric as % of A's, or why there is none.
+
+    The resamples are those of :func:`embpress.stats.paired_bootstrap` (same draws, same interval),
+    shared by every cell of a (model, dataset) through ``resamples``; a cell whose per-query values
+    are identical in both runs has the interval [100, 100] without resampling (every resample's
+    ratio is exactly 1)."""
     if thresholds.n_boot == 0:
         return "bootstrap off"
     pa, pb = paired_arrays(a_dir, a), paired_arrays(b_dir, b)
@@ -199,11 +209,18 @@ def quality_interval(a_dir: Path, a: dict, b_dir: Path, b: dict, thresholds: Thr
     if not _same_queries(a_dir, a, b_dir, b) or len(pa[0]) != len(pb[0]):
         return "different queries"
     values_a, _, statistic, gold = pa
-    return paired_bootstrap(pb[0], values_a, statistic, gold=gold, n_boot=thresholds.n_boot,
-                            confidence=thresholds.confidence)
+    if np.array_equal(values_a, pb[0]):
+        return 100.0, 100.0
+    resamples = {} if resamples is None else resamples
+    key = (b["model"], b["dataset"], statistic, len(values_a))
+    if key not in resamples:
+        resamples[key] = Resamples(len(values_a), thresholds.n_boot, 0)
+    r = resamples[key]
+    return percentile_interval(r.statistic(pb[0], gold), r.statistic(values_a, gold), thresholds.confidence)
 
 
-def compare_cell(a_dir: Path, a: dict, b_dir: Path, b: dict, t: Thresholds) -> dict[str, Any]:
+def compare_cell(a_dir: Path, a: dict, b_dir: Path, b: dict, t: Thresholds,
+                 resamples: dict | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {k: v for k, v in zip(KEY, _key(b))}
     row.update(status_a=a.get("status"), status_b=b.get("status"), main_metric=b.get("main_metric") or a.get("main_metric"))
     flags: list[str] = []
@@ -215,7 +232,7 @@ def compare_cell(a_dir: Path, a: dict, b_dir: Path, b: dict, t: Thresholds) -> d
                    retained_b=_num(b.get("retained_pct")))
         delta = qb - qa if qa is not None and qb is not None else None
         row["delta"] = delta
-        interval = quality_interval(a_dir, a, b_dir, b, t)
+        interval = quality_interval(a_dir, a, b_dir, b, t, resamples)
         beyond_ci = False
         if isinstance(interval, tuple) and qa is not None and all(map(math.isfinite, interval)):
             row["ci_low"], row["ci_high"] = (qa * (x / 100 - 1) for x in interval)
@@ -231,20 +248,43 @@ def compare_cell(a_dir: Path, a: dict, b_dir: Path, b: dict, t: Thresholds) -> d
         row.update(bytes_a=ba, bytes_b=bb)
         if ba is not None and bb is not None and bb > ba:
             flags.append(f"bytes: {ba:g} -> {bb:g} per vector")
-        for col, kind, count in SPEED:
-            sa, sb = _seconds(a, col, kind, count), _seconds(b, col, kind, count)
-            label = SPEED_LABEL[col]
-            if sa is None or sb is None or sa <= 0:
-                continue
-            cached = col == "fit_s" and (bool(a.get("fit_cached")) or bool(b.get("fit_cached")))
-            row[f"{label}_slowdown"] = sb / sa
-            row[f"{label}_s_b"] = sb
-            if cached:
-                row[f"{label}_note"] = "cached fit"
-            elif t.speed_ratio is not None and sb / sa > t.speed_ratio and sb >= t.speed_floor:
-                flags.append(f"{label}: {sb / sa:.2f}x slower ({sa:.3g} s -> {sb:.3g} s)")
+        for metric in SPEED:
+            flag = _speed_flag(row, a, b, metric, t)
+            if flag:
+                flags.append(flag)
     row["flags"] = flags
     return row
+
+
+def beyond_spread(sa: float, sb: float, spread_a: float | None, spread_b: float | None) -> bool | None:
+    """Whether B's time is above A's beyond both runs' spreads (B lowered by its spread, A raised
+    by its own), or None when a spread is missing."""
+    if spread_a is None or spread_b is None:
+        return None
+    return sb * (1 - spread_b) > sa * (1 + spread_a)
+
+
+def _speed_flag(row: dict, a: dict, b: dict, metric: Metric, t: Thresholds) -> str | None:
+    """The regression flag of one speed figure (or None), the slowdown written into ``row``."""
+    col = metric.name
+    sa, sb = _seconds(a, metric), _seconds(b, metric)
+    label = SPEED_LABEL[col]
+    if sa is None or sb is None or sa <= 0:
+        return None
+    row[f"{label}_slowdown"] = sb / sa
+    row[f"{label}_s_b"] = sb
+    if col == "fit_s" and (bool(a.get("fit_cached")) or bool(b.get("fit_cached"))):
+        row[f"{label}_note"] = "cached fit"
+        return None
+    if t.speed_ratio is None or sb / sa <= t.speed_ratio or sb < t.speed_floor:
+        return None
+    spread = metric.spread or ""
+    beyond = beyond_spread(sa, sb, _num(a.get(spread)), _num(b.get(spread)))
+    if beyond is False:
+        row[f"{label}_note"] = f"{sb / sa:.2f}x, within the spread"
+        return None
+    return (f"{label}: {sb / sa:.2f}x slower ({sa:.3g} s -> {sb:.3g} s"
+            + (", beyond both runs' spread)" if beyond else "; no spread measured)"))
 
 
 def _config_notes(a_meta: dict, b_meta: dict) -> list[str]:
@@ -264,6 +304,9 @@ def _config_notes(a_meta: dict, b_meta: dict) -> list[str]:
         if ba[k] != bb[k]:
             notes.append(f"float32 baselines differ for {k}: the data or the embeddings changed")
     for name, meta in (("A", a_meta), ("B", b_meta)):
+        if not (meta.get("timing") or {}).get("enabled"):
+            notes.append(f"run {name} has no timing pass: its encode/search times were measured beside other "
+                         "workers (indicative)")
         if (meta.get("git") or {}).get("dirty"):
             notes.append(f"run {name} was made with uncommitted changes (git dirty)")
         if meta.get("status") != "finished":
@@ -279,7 +322,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, thresholds: Thresholds | 
         raise EmbpressError(f"{run_a} and {run_b} name the same run ({a_dir})")
     (a_df, a_meta), (b_df, b_meta) = load_run(a_dir), load_run(b_dir)
     a_rows, b_rows = _frame_by_key(a_df), _frame_by_key(b_df)
-    cells = [compare_cell(a_dir, a_rows[k], b_dir, b_rows[k], t) for k in b_rows if k in a_rows]
+    resamples: dict = {}
+    cells = [compare_cell(a_dir, a_rows[k], b_dir, b_rows[k], t, resamples) for k in b_rows if k in a_rows]
     frame = pd.DataFrame(cells, columns=list(dict.fromkeys(KEY + [c for r in cells for c in r] + ["flags"])))
     only = lambda rows, other: pd.DataFrame([{**dict(zip(KEY, k)), "status": r.get("status")}  # noqa: E731
                                              for k, r in rows.items() if k not in other], columns=KEY + ["status"])
@@ -384,10 +428,9 @@ def run_compare(run_a: str, run_b: str, thresholds: Thresholds | None = None, ou
     c = compare_runs(run_a, run_b, thresholds)
     failure = gate_failure(c, intersection)
     text = to_markdown(c) + (f"\n**Gate failed**: {failure}\n" if failure else "")
-    out = Path(out) if out is not None else c.b_dir / f"compare-{c.a_meta.get('run_id', c.a_dir.name)}.md"
+    out = Path(out) if out is not None else RunFolder(c.b_dir).compare_summary(c.a_meta.get("run_id", c.a_dir.name))
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_text(out, text)
     except OSError as exc:
         raise EmbpressError(f"cannot write the summary to {out}: {exc}") from None
     echo(text)

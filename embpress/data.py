@@ -9,7 +9,8 @@ items it has and the sha256 of each file. Loading finds the files in this order:
 
 On first use of a folder the files' checksums are compared with the card (a stamp keyed by
 path, size and modification time avoids re-hashing later), and counts are checked on every
-load; any mismatch is an error, never a silently different benchmark.
+load; any mismatch is an error, never a silently different benchmark. A user's own vectors
+(a folder of ``.npy`` files, no texts) are :mod:`embpress.vector_folders`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from . import settings
 from .errors import EmbpressError
-from .validate import check_gold, check_qrels, check_unique
+from .files import atomic_write, write_text
 
 DOWNLOAD_TIMEOUT_S = 20
 
@@ -128,10 +129,7 @@ def verify_files(card: DatasetCard, folder: Path) -> None:
         stamps[key] = [st.st_size, st.st_mtime_ns, expect["sha256"]]
         changed = True
     if changed:
-        stamp_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stamps, indent=1))
-        tmp.replace(stamp_path)
+        write_text(stamp_path, json.dumps(stamps, indent=1))
 
 
 def _download(card: DatasetCard, dest: Path) -> None:
@@ -143,15 +141,13 @@ def _download(card: DatasetCard, dest: Path) -> None:
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / url.rsplit("/", 1)[-1]
     if not archive.is_file():
-        tmp = archive.with_suffix(archive.suffix + ".part")
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
-            shutil.copyfileobj(resp, out)
-        if card.source.get("md5"):
-            md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
-            if md5 != card.source["md5"]:
-                tmp.unlink()
+        def fetch(tmp: Path) -> None:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
+                shutil.copyfileobj(resp, out)
+            md5 = hashlib.md5(tmp.read_bytes()).hexdigest() if card.source.get("md5") else None
+            if md5 is not None and md5 != card.source["md5"]:
                 raise OSError(f"downloaded archive has md5 {md5}, the card expects {card.source['md5']}")
-        tmp.replace(archive)
+        atomic_write(archive, fetch)
     with tempfile.TemporaryDirectory(dir=downloads) as tmpdir:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -296,6 +292,11 @@ def _load_sick(card: DatasetCard, folder: Path) -> STSDataset:
 _LOADERS = {"beir": _load_beir, "stsb": _load_stsb, "sick": _load_sick}
 
 
+def load_split(card: DatasetCard, folder: Path) -> RetrievalDataset | STSDataset:
+    """The card's split read from ``folder`` by its format's loader (no checks, no sampling)."""
+    return _LOADERS[card.format](card, folder)
+
+
 def _check_counts(card: DatasetCard, ds: RetrievalDataset | STSDataset) -> None:
     if isinstance(ds, RetrievalDataset):
         got = {"corpus": len(ds.corpus_ids), "queries": len(ds.query_ids),
@@ -342,7 +343,7 @@ def load_dataset(name: str, *, max_queries: int | None = None, max_docs: int | N
     folder, where = locate(card)
     verify_files(card, folder)
     try:
-        ds = _LOADERS[card.format](card, folder)
+        ds = load_split(card, folder)
     except (KeyError, ValueError, IndexError, json.JSONDecodeError) as exc:
         raise EmbpressError(f"dataset {name!r} in {folder} could not be parsed: {exc!r}") from None
     _check_counts(card, ds)
@@ -366,7 +367,7 @@ def load_training_split(name: str):
     if find_file(folder, rel) is None:
         raise EmbpressError(f"dataset {name!r} has no training split in {folder} (no {rel})")
     try:
-        ds = _LOADERS[card.format](replace(card, split="train"), folder)
+        ds = load_split(replace(card, split="train"), folder)
     except (KeyError, ValueError, IndexError, json.JSONDecodeError) as exc:
         raise EmbpressError(f"the training split of {name!r} in {folder} could not be parsed: {exc!r}") from None
     ds.location = f"{where}:{folder}"
@@ -387,132 +388,3 @@ def document_titles(name: str) -> dict[str, str]:
                 doc = json.loads(line)
                 titles[str(doc["_id"])] = (doc.get("title") or "").strip()
     return titles
-
-
-# ---------------------------------------------------------------------------- bring your own vectors
-@dataclass
-class VectorDataset:
-    """Embeddings a user already has, from a folder of ``.npy`` files (no encoder involved).
-
-    * retrieval: ``corpus.npy`` and ``queries.npy`` (+ ``qrels.tsv`` with query-id, corpus-id, score
-      and optional ``corpus_ids.txt`` / ``query_ids.txt``, one id per line; row numbers otherwise);
-    * neighbour fidelity only: ``corpus.npy`` alone, or without ``qrels.tsv``: with no queries, a
-      seeded held-out sample of the corpus serves as queries;
-    * sts: ``sentences1.npy``, ``sentences2.npy`` and ``scores.npy``.
-    """
-    path: Path
-    task: str
-    vectors: dict[str, np.ndarray]
-    corpus_ids: list[str] = field(default_factory=list)
-    query_ids: list[str] = field(default_factory=list)
-    qrels: dict[str, dict[str, int]] | None = None
-    scores: np.ndarray | None = None
-    location: str = ""
-    sample: dict[str, int] = field(default_factory=dict)
-    held_out: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def revision(self) -> str:
-        h = hashlib.sha256()
-        for part in sorted(self.vectors):
-            h.update(part.encode())
-            h.update(np.ascontiguousarray(self.vectors[part]).tobytes())
-        return h.hexdigest()[:12]
-
-    def summary(self) -> dict[str, Any]:
-        if self.task == "sts":
-            return {"pairs": len(self.scores)}
-        out = {"documents": len(self.corpus_ids), "queries": len(self.query_ids)}
-        if self.held_out:
-            out["held_out_queries"] = self.held_out
-        return out
-
-
-HELD_OUT_QUERIES = 1000
-
-
-def is_vector_folder(name: str) -> bool:
-    p = Path(name)
-    return p.is_dir() and ((p / "corpus.npy").is_file() or (p / "sentences1.npy").is_file())
-
-
-def _read_ids(path: Path, n: int, what: str) -> list[str]:
-    if not path.is_file():
-        return [str(i) for i in range(n)]
-    ids = [l.strip() for l in path.read_text().splitlines() if l.strip()]
-    if len(ids) != n:
-        raise EmbpressError(f"{path}: {len(ids)} ids for {n} {what} vectors")
-    return ids
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise EmbpressError(f"{path} is not a readable .npy file ({exc})") from None
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-        raise EmbpressError(f"{path}: expected a 2-d float array, got {arr.dtype}{arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise EmbpressError(f"{path}: {arr.shape[0]} vectors of {arr.shape[1]} dimensions; "
-                            "at least one vector of at least one dimension is needed")
-    arr = np.asarray(arr, dtype=np.float32) if arr.dtype != np.float32 else arr
-    if not np.isfinite(arr).all():
-        raise EmbpressError(f"{path} contains NaN or infinite values")
-    return arr
-
-
-def load_vector_folder(name: str, *, seed: int = 0) -> VectorDataset:
-    path = Path(name).resolve()
-    if (path / "sentences1.npy").is_file():
-        a, b = _load_npy(path / "sentences1.npy"), _load_npy(path / "sentences2.npy")
-        try:
-            scores = np.load(path / "scores.npy").astype(np.float64).ravel()
-        except (OSError, ValueError) as exc:
-            raise EmbpressError(f"{path}: sts folders need scores.npy ({exc})") from None
-        if not (len(a) == len(b) == len(scores)) or a.shape[1] != b.shape[1]:
-            raise EmbpressError(f"{path}: sentences1 {a.shape}, sentences2 {b.shape} and scores "
-                                f"{scores.shape} do not line up")
-        check_gold(scores, f"{path}")
-        return VectorDataset(path, "sts", {"sentences1": a, "sentences2": b}, scores=scores,
-                             location=f"folder:{path}")
-    corpus = _load_npy(path / "corpus.npy")
-    corpus_ids = _read_ids(path / "corpus_ids.txt", len(corpus), "corpus")
-    check_unique(corpus_ids, "corpus", f"{path}/corpus_ids.txt")
-    held_out = 0
-    if (path / "queries.npy").is_file():
-        queries = _load_npy(path / "queries.npy")
-        if queries.shape[1] != corpus.shape[1]:
-            raise EmbpressError(f"{path}: queries are {queries.shape[1]}-d, the corpus {corpus.shape[1]}-d")
-        query_ids = _read_ids(path / "query_ids.txt", len(queries), "query")
-        check_unique(query_ids, "query", f"{path}/query_ids.txt")
-    else:
-        if len(corpus) < 2:
-            raise EmbpressError(f"{path}: without queries.npy, queries are held out of the corpus, "
-                                f"which needs at least 2 vectors (has {len(corpus)})")
-        held_out = min(HELD_OUT_QUERIES, max(1, len(corpus) // 10))
-        pick = np.sort(np.random.default_rng(seed).choice(len(corpus), held_out, replace=False))
-        keep = np.setdiff1d(np.arange(len(corpus)), pick)
-        queries = np.asarray(corpus[pick])
-        query_ids = [f"heldout:{corpus_ids[i]}" for i in pick]
-        corpus = np.asarray(corpus[keep])
-        corpus_ids = [corpus_ids[i] for i in keep]
-    qrels = None
-    if (path / "qrels.tsv").is_file() and not held_out:
-        qrels = {}
-        with open(path / "qrels.tsv", newline="") as f:
-            for row in csv.reader(f, delimiter="\t"):
-                if len(row) >= 3 and row[2].strip().lstrip("-").isdigit():
-                    qrels.setdefault(row[0].strip(), {})[row[1].strip()] = int(row[2])
-        check_qrels(qrels, query_ids, corpus_ids, f"{path}/qrels.tsv")
-        if not any(r > 0 for judged in qrels.values() for r in judged.values()):
-            raise EmbpressError(f"{path}/qrels.tsv judges no document relevant (every score <= 0)")
-    task = "retrieval" if qrels else "neighbours"
-    if qrels:
-        order = [i for i, q in enumerate(query_ids) if q in qrels]
-        queries, query_ids = np.asarray(queries[order]), [query_ids[i] for i in order]
-    return VectorDataset(path, task, {"corpus": corpus, "queries": queries}, corpus_ids, query_ids, qrels,
-                         location=f"folder:{path}", held_out=held_out)

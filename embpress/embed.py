@@ -23,7 +23,9 @@ import numpy as np
 from . import settings
 from .data import sha256_content
 from .errors import EmbpressError
+from .files import save_npy, write_text
 from .models import ModelInfo, load_encoder
+from .tasks import task_of
 
 log = logging.getLogger("embpress")
 
@@ -84,7 +86,8 @@ def _load_entry(npy: Path, manifest_path: Path) -> np.ndarray:
     return arr
 
 
-def _encoder(info: ModelInfo, device: str):
+def encoder(info: ModelInfo, device: str = "cpu"):
+    """The model, loaded once per process (and device)."""
     key = f"{info.entry.name}|{info.path}|{device}"
     if key not in _ENCODERS:
         log.info("loading model %s from %s", info.entry.name, info.path)
@@ -96,7 +99,7 @@ def encode_texts(info: ModelInfo, texts: list[str], *, batch_size: int = 32, pro
                  desc: str = "encoding", device: str = "cpu", prompt: str | None = None) -> np.ndarray:
     """Encode with sentence-transformers, longest texts first, with a progress bar (rate, ETA)."""
     from tqdm.auto import tqdm
-    model = _encoder(info, device)
+    model = encoder(info, device)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: np.ndarray | None = None
     chunk = batch_size * 8
@@ -133,30 +136,20 @@ def embed(info: ModelInfo, dataset: str, split: str, part: str, texts: list[str]
     seconds = time.perf_counter() - t0
     if not np.isfinite(vecs).all():
         raise EmbpressError(f"{info.entry.name} produced NaN or infinite embeddings for {dataset}/{part}")
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_suffix(".npy.part")
-    with open(tmp, "wb") as f:
-        np.save(f, vecs)
-    tmp.replace(npy)
+    save_npy(npy, vecs)
     manifest = {"key": key, "ids": list(ids), "shape": list(vecs.shape), "dtype": "float32",
                 "sha256": sha256_content(npy)[0], "seconds": round(seconds, 3),
                 "texts_per_s": round(len(texts) / seconds, 2) if seconds > 0 else None,
                 "model": info.as_dict(), "versions": library_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = manifest_path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(manifest))
-    tmp.replace(manifest_path)
+    write_text(manifest_path, json.dumps(manifest))
     log.info("embeddings %s/%s/%s: %d × %d encoded in %.1f s (%.1f texts/s), cached at %s",
              dataset, split, part, *vecs.shape, seconds, len(texts) / max(seconds, 1e-9), npy)
     return np.load(npy, mmap_mode="r")
 
 
 def embed_dataset(info: ModelInfo, ds, **kwargs) -> dict[str, np.ndarray]:
-    """All vectors a dataset needs: corpus and queries (retrieval) or both sides of the pairs (sts)."""
-    name, split = ds.name, ds.card.split
-    if ds.task == "retrieval":
-        return {"corpus": embed(info, name, split, "corpus", ds.corpus_texts, ds.corpus_ids, **kwargs),
-                "queries": embed(info, name, split, "queries", ds.query_texts, ds.query_ids, **kwargs)}
-    ids = [str(i) for i in range(len(ds.sentences1))]
-    return {"sentences1": embed(info, name, split, "sentences1", ds.sentences1, ids, **kwargs),
-            "sentences2": embed(info, name, split, "sentences2", ds.sentences2, ids, **kwargs)}
+    """All vectors a dataset needs, per part of its task type (``Task.parts``: corpus and queries,
+    or both sides of the pairs)."""
+    return {part: embed(info, ds.name, ds.card.split, part, texts, ids, **kwargs)
+            for part, (texts, ids) in task_of(ds.task).parts(ds).items()}

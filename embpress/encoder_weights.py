@@ -75,14 +75,14 @@ def _prune_settings(m: re.Match, name: str) -> dict:
             "granularity": "global" if m.group(4) else "per-matrix"}
 
 
-def parse_variant(name: str):
-    """The Variant a grammar name stands for, or None when ``name`` is not of this grammar."""
-    from .encoders import Variant
+def parse_variant(name: str) -> tuple[str, dict] | None:
+    """(summary, settings) of the variant a grammar name stands for (``encoders.get_variant`` makes
+    the Variant), or None when ``name`` is not of this grammar."""
     if m := _PRUNE.fullmatch(name):
         prune = _prune_settings(m, name)
-        return Variant(name, f"magnitude pruning: {prune['sparsity']:.0%} of the {SCOPES[prune['scope']]}"
-                       + (" (one global threshold)" if prune["granularity"] == "global" else
-                          " (each matrix on its own)") + " set to 0", {"method": "magnitude-prune", **prune})
+        return (f"magnitude pruning: {prune['sparsity']:.0%} of the {SCOPES[prune['scope']]}"
+                + (" (one global threshold)" if prune["granularity"] == "global" else " (each matrix on its own)")
+                + " set to 0", {"method": "magnitude-prune", **prune})
     if m := _SHARE.fullmatch(name):
         bits = int(m.group(6))
         if not 2 <= bits <= 8:
@@ -90,18 +90,18 @@ def parse_variant(name: str):
         prune = (_prune_settings(m, name) if m.group(2) else
                  {"scope": "all", "sparsity": _pct(m.group(5), name), "granularity": "per-matrix"} if m.group(5)
                  else None)
-        return Variant(name, (f"{prune['sparsity']:.0%} of the {SCOPES[prune['scope']]} pruned, then " if prune else "")
-                       + f"weight sharing: each matrix's {'surviving ' if prune else ''}values replaced by one of "
-                       f"{2 ** bits} k-means centres (token-embedding table and Linear weights)",
-                       {"method": "weight-sharing", "scope": "all", "bits": bits, "prune": prune,
-                        "values": "non-zero (after pruning)" if prune else "all",
-                        "kmeans": f"1-d Lloyd per matrix, linear init, empty clusters relocated, <= {KMEANS_ITERS} iterations"})
+        return ((f"{prune['sparsity']:.0%} of the {SCOPES[prune['scope']]} pruned, then " if prune else "")
+                + f"weight sharing: each matrix's {'surviving ' if prune else ''}values replaced by one of "
+                f"{2 ** bits} k-means centres (token-embedding table and Linear weights)",
+                {"method": "weight-sharing", "scope": "all", "bits": bits, "prune": prune,
+                 "values": "non-zero (after pruning)" if prune else "all",
+                 "kmeans": f"1-d Lloyd per matrix, linear init, empty clusters relocated, <= {KMEANS_ITERS} iterations"})
     if m := _FACTOR.fullmatch(name):
         rank = int(m.group(1))
         if rank < 1:
             raise EmbpressError(f"encoder variant {name}: the rank must be at least 1")
-        return Variant(name, f"token-embedding table replaced by its rank-{rank} SVD factors (V×{rank} · {rank}×H)",
-                       {"method": "svd-factorised-embedding", "rank": rank})
+        return (f"token-embedding table replaced by its rank-{rank} SVD factors (V×{rank} · {rank}×H)",
+                {"method": "svd-factorised-embedding", "rank": rank})
     if name.startswith("trim-"):
         from .vocab_trim import trim_variant
         return trim_variant(name)
@@ -212,9 +212,9 @@ def factorised_embedding(table, rank: int):
                                torch.from_numpy(vt[:rank].astype(np.float32)))
 
 
-def apply(model, variant):
-    """Rewrite a float32 sentence-transformers model as ``variant`` (in place; returns it)."""
-    cfg = variant.settings
+def apply(model, name: str, cfg: dict):
+    """Rewrite a float32 sentence-transformers model as the variant ``name`` with settings ``cfg``
+    (in place; returns it)."""
     method = cfg["method"]
     if method == "magnitude-prune":
         magnitude_prune(matrices(model, cfg["scope"]), cfg["sparsity"], cfg["granularity"])
@@ -227,12 +227,12 @@ def apply(model, variant):
         hf = hf_model(model)
         table = hf.get_input_embeddings().weight
         if cfg["rank"] >= min(table.shape):
-            raise EmbpressError(f"encoder variant {variant.name}: rank {cfg['rank']} is not below the "
+            raise EmbpressError(f"encoder variant {name}: rank {cfg['rank']} is not below the "
                                 f"embedding table's {min(table.shape)} columns (nothing to save)")
         hf.set_input_embeddings(factorised_embedding(table, cfg["rank"]))
     elif method == "vocab-trim":
         from .vocab_trim import trim_model
-        trim_model(model, variant)
+        trim_model(model, hf_model(model), name, cfg)
     else:
         raise AssertionError(method)
     setattr(model, COMPACT_ATTR, True)

@@ -23,12 +23,13 @@ the trade-off instead of picking one. Only Linear layers are quantized (the word
 matrix, half of MiniLM's weights, stays in float32), which ``model_memory_bytes`` shows.
 
 Nothing at module level imports torch: the cache key of a fully cached run needs only the table.
+This module imports nothing of embpress but its errors and, for the variants that rewrite the
+weights (pruning, sharing, trimming, factorising), :mod:`embpress.encoder_weights` (``models`` builds on it);
+profiling a variant against its base model is :mod:`embpress.profiles`.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import platform
 import time
@@ -37,8 +38,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import settings
-from .encoder_weights import COMPACT_ATTR
 from .errors import EmbpressError
 
 log = logging.getLogger("embpress")
@@ -88,11 +87,13 @@ def variant_names() -> list[str]:
 def get_variant(name: str) -> Variant:
     """A fixed variant, or one of the pruning / sharing / trimming / factorising grammar."""
     from .encoder_weights import GRAMMAR, parse_variant
-    variant = VARIANTS.get(name) or parse_variant(name)
-    if variant is None:
+    if name in VARIANTS:
+        return VARIANTS[name]
+    parsed = parse_variant(name)
+    if parsed is None:
         raise EmbpressError(f"unknown encoder variant {name!r}; variants: {', '.join(variant_names())}, "
                             f"{GRAMMAR} (written model@variant, e.g. all-MiniLM-L6-v2@int8-dynamic)")
-    return variant
+    return Variant(name, *parsed)
 
 
 # ---------------------------------------------------------------------------- building
@@ -118,7 +119,7 @@ def apply_variant(model, name: str, device: str = "cpu"):
             return quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
     if method in WEIGHT_METHODS:
         from .encoder_weights import apply
-        return apply(model, variant)
+        return apply(model, variant.name, variant.settings)
     if method.startswith("torchao"):
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -174,8 +175,8 @@ def footprint(model, folder=None) -> dict:
         support = sum(p.stat().st_size for pat in SUPPORT_FILES for p in Path(folder).glob(pat) if p.is_file())
     out = {"model_params": int(sum(h[1] for h in held)), "model_memory_bytes": int(sum(h[0] for h in held)),
            "model_disk_bytes": buf.getbuffer().nbytes + support}
+    from .encoder_weights import COMPACT_ATTR, format_summary, stored_bytes
     if getattr(model, COMPACT_ATTR, False):   # pruned, shared, trimmed, factorised: the smallest honest format
-        from .encoder_weights import format_summary, stored_bytes
         stored = stored_bytes(state)
         out.update(model_disk_bytes=stored["bytes"] + support, model_disk_bytes_no_entropy=stored["bytes_no_entropy"]
                    + support, model_nonzero_params=stored["nonzero_params"],
@@ -208,59 +209,3 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
         raise EmbpressError(f"cannot compare embeddings of shapes {a.shape} and {b.shape}")
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return {"model_cosine_mean": float(cos.mean()), "model_cosine_min": float(cos.min())}
-
-
-def profile_texts(ds, n: int = 128) -> list[str]:
-    """A deterministic sample of a dataset's texts for ``variant_profile``: half queries and half
-    documents (retrieval) or the first sentences of both sides (sts)."""
-    if ds.task == "retrieval":
-        return ds.query_texts[:n // 2] + ds.corpus_texts[:n - min(n // 2, len(ds.query_texts))]
-    return (ds.sentences1[:n // 2] + ds.sentences2[:n // 2])[:n]
-
-
-def variant_profile(info, texts: list[str], *, batch_size: int = 32, threads: int | None = None,
-                    repeats: int = 5, use_cache: bool = True) -> dict:
-    """Size, speed and agreement of a model variant against its float32 base, on ``texts``.
-
-    Returns ``model_variant, model_base, model_params, model_memory_bytes, model_disk_bytes,
-    model_texts_per_s, model_base_texts_per_s, model_speedup, model_cosine_mean, model_cosine_min,
-    profile_texts, profile_batch_size, profile_threads``. Both models are timed in the same call,
-    in interleaved rounds (``time_interleaved``), with the same batch size and threads (so
-    ``model_speedup`` is the figure to compare across machines and rows); the best of ``repeats``
-    rounds is kept (5: fewer let a shared machine's bursts of load through). The result is cached
-    by (model, texts, batch size, threads, repeats).
-    """
-    import torch
-    from .embed import _encoder, cache_key
-    from .models import base_entry, model_info
-    threads = threads or torch.get_num_threads()
-    base = base_entry(info.entry)
-    key = {**cache_key(info, "profile", "-", "-", texts), "batch_size": batch_size, "threads": threads,
-           "repeats": repeats, "timing": "interleaved"}
-    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = settings.cache_dir() / "profiles" / info.entry.name / f"{key['id']}.json"
-    if use_cache and path.is_file():
-        return json.loads(path.read_text())["profile"]
-    if not texts:
-        raise EmbpressError(f"variant_profile of {info.entry.name}: no texts")
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        model = _encoder(info, "cpu")
-        base_model = _encoder(model_info(base), "cpu") if info.entry.variant else model
-        out = {"model_variant": info.entry.variant or REFERENCE, "model_base": base.name,
-               **footprint(model, info.path)}
-        timed = {"variant": model, **({"base": base_model} if base_model is not model else {})}
-        best = time_interleaved(timed, {"texts": texts}, batch_size=batch_size, repeats=repeats)
-        out["model_texts_per_s"] = len(texts) / best["variant"]["texts"]
-        out["model_base_texts_per_s"] = len(texts) / best.get("base", best["variant"])["texts"]
-        out["model_speedup"] = out["model_texts_per_s"] / out["model_base_texts_per_s"]
-        kw = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
-        out.update(agreement(np.asarray(model.encode(texts, **kw), dtype=np.float32),
-                             np.asarray(base_model.encode(texts, **kw), dtype=np.float32)))
-    finally:
-        torch.set_num_threads(saved)
-    out.update(profile_texts=len(texts), profile_batch_size=batch_size, profile_threads=threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "profile": out, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-    return out

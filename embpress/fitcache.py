@@ -30,8 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -40,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from compressors import Pipeline, parse_spec
-from compressors.base import Stage, _blob_to_faiss, _faiss_to_blob, _FaissBlob
+from compressors.base import FaissBlob, Stage, blob_to_faiss, faiss_to_blob
 
 from . import settings
+from .files import save_npz, write_text
 
 log = logging.getLogger("embpress")
 
@@ -100,8 +99,8 @@ def fit_cache_path(pipe: Pipeline, calib: np.ndarray, calib_key: tuple | None = 
 # ---------------------------------------------------------------------------- classes
 def _private_stages() -> dict[str, type[Stage]]:
     """Unregistered helper stages that registered ones nest (the fixed allow-list)."""
-    from compressors.hybrid import _SignMeans
-    return {"hybrid._SignMeans": _SignMeans}
+    from compressors.hybrid import SignMeans
+    return {"hybrid.SignMeans": SignMeans}
 
 
 def _classes() -> dict[str, type[Stage]]:
@@ -134,8 +133,8 @@ def _encode_value(value: Any, key: str, arrays: dict[str, np.ndarray]) -> dict[s
         return {"array": key}
     if isinstance(value, Stage):
         return {"stage": encode_stage(value, key, arrays)}
-    blob = _faiss_to_blob(value)
-    if isinstance(blob, _FaissBlob):
+    blob = faiss_to_blob(value)
+    if isinstance(blob, FaissBlob):
         arrays[key] = blob.data
         return {"faiss": blob.kind, "array": key}
     import scipy.sparse as sp
@@ -176,7 +175,7 @@ def _decode_value(enc: Any, z) -> Any:
     if "faiss" in enc:
         if enc["faiss"] not in ("index", "binary", "transform"):
             raise CacheEntryError(f"unknown FAISS object kind {enc['faiss']!r}")
-        return _blob_to_faiss(_FaissBlob(enc["faiss"], np.ascontiguousarray(z[enc["array"]], dtype=np.uint8)))
+        return blob_to_faiss(FaissBlob(enc["faiss"], np.ascontiguousarray(z[enc["array"]], dtype=np.uint8)))
     if "csr" in enc:
         import scipy.sparse as sp
         k = enc["csr"]
@@ -266,26 +265,13 @@ def load_entry(path: Path, expected: dict[str, Any], calib: np.ndarray) -> tuple
     return pipe, float(side["fit_s"])
 
 
-def _tmp(path: Path, suffix: str) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{suffix}.part")
-
-
 def save_entry(path: Path, pipe: Pipeline, expected: dict[str, Any], fit_s: float, n_train: int) -> None:
     """Write the arrays, then the sidecar (each atomically; the sidecar names the arrays' checksum)."""
     doc, arrays = encode_pipeline(pipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path, ".npz")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, __pipeline__=np.asarray(json.dumps(doc)), **arrays)
-        tmp.replace(path)
-        side = {**expected, "fit_s": fit_s, "n_train": n_train, "npz_sha256": _sha256(path),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = _tmp(path, ".json")
-        tmp.write_text(json.dumps(side, indent=1), encoding="utf-8")
-        tmp.replace(path.with_suffix(".json"))
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_npz(path, {"__pipeline__": np.asarray(json.dumps(doc)), **arrays})
+    side = {**expected, "fit_s": fit_s, "n_train": n_train, "npz_sha256": _sha256(path),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_text(path.with_suffix(".json"), json.dumps(side, indent=1))
 
 
 def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True, calib_key: tuple | None = None,
@@ -329,3 +315,33 @@ def read_sidecars(folder: Path | None = None) -> list[dict[str, Any]]:
         if isinstance(side, dict):
             out.append(side)
     return out
+
+
+#: Reserved per-query keys under which a grid worker hands its fitted pipeline to the runner's
+#: timing pass (``embpress.timing``).
+FITTED_PREFIX = "fitted."
+
+
+# ---------------------------------------------------------------------------- worker → runner hand-off
+def pack_fitted(pipe, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """The fitted pipeline and its codes of every stored vector, as per-query-style arrays (no
+    pickle: ``embpress.fitcache``'s format)."""
+    doc, arrays = encode_pipeline(pipe)
+    out = {FITTED_PREFIX + k: v for k, v in arrays.items()}
+    out[FITTED_PREFIX + "__pipeline__"] = np.asarray(json.dumps(doc))
+    out[FITTED_PREFIX + "__codes__"] = np.asarray(codes)
+    return out
+
+
+def split_fitted(per_query: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(per-query arrays, fitted-pipeline arrays) of what a worker returned."""
+    fitted = {k[len(FITTED_PREFIX):]: v for k, v in per_query.items() if k.startswith(FITTED_PREFIX)}
+    rest = {k: v for k, v in per_query.items() if not k.startswith(FITTED_PREFIX)}
+    return rest, fitted
+
+
+def load_fitted(path: Path, spec: str):
+    """(pipeline, codes) a grid worker handed back, rebuilt from the registry (never unpickled)."""
+    with np.load(path, allow_pickle=False) as z:
+        doc = json.loads(str(z["__pipeline__"]))
+        return decode_pipeline(doc, z, spec), np.ascontiguousarray(z["__codes__"])

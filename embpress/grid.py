@@ -86,6 +86,16 @@ def grid_path(name_or_path: str) -> Path:
     raise EmbpressError(f"grid {name_or_path!r} not found (a .toml file, or one of: {known})")
 
 
+def _check_family_tables(families: list, where: str) -> None:
+    for fam in families:
+        if isinstance(fam, dict) and (not isinstance(fam.get("template"), str)
+                                      or set(fam) - {"template", "budgets", "calibration"}
+                                      or not isinstance(fam.get("calibration", ""), str)
+                                      or not all(isinstance(b, int) and b > 0 for b in fam.get("budgets", []))):
+            raise EmbpressError(f"{where}: a family table needs template = \"...\" and optionally "
+                                f"budgets = [positive ints] and calibration = \"...\", got {fam}")
+
+
 def config_from_dict(raw: dict[str, Any], where: str) -> RunConfig:
     allowed = set(RunConfig.__dataclass_fields__)
     unknown = set(raw) - allowed
@@ -99,13 +109,7 @@ def config_from_dict(raw: dict[str, Any], where: str) -> RunConfig:
         if key in raw and (not isinstance(raw[key], list) or not all(isinstance(x, typ) for x in raw[key])):
             raise EmbpressError(f"{where}: {key} must be a list of "
                                 f"{' or '.join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))}s")
-    for fam in raw.get("families", []):
-        if isinstance(fam, dict) and (not isinstance(fam.get("template"), str)
-                                      or set(fam) - {"template", "budgets", "calibration"}
-                                      or not isinstance(fam.get("calibration", ""), str)
-                                      or not all(isinstance(b, int) and b > 0 for b in fam.get("budgets", []))):
-            raise EmbpressError(f"{where}: a family table needs template = \"...\" and optionally "
-                                f"budgets = [positive ints] and calibration = \"...\", got {fam}")
+    _check_family_tables(raw.get("families", []), where)
     if not raw.get("compressors") and not raw.get("families"):
         raise EmbpressError(f"{where}: needs compressors or families")
     for fam in raw.get("families", []):

@@ -14,43 +14,96 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
 
 
 @dataclass(frozen=True)
 class Metric:
+    """One result column with a direction: what it is called, in which unit, which way is better,
+    how it is computed, and what values are possible. Everything that names, orders, checks or
+    compares a metric reads it from :data:`METRICS`."""
     name: str
+    label: str                  # figures, tooltips and the report's tables
+    unit: str                   # "" for scores on the x100 scale
     higher_is_better: bool
-    unit: str
-    description: str
+    description: str            # how it is computed, in words (the report's column titles)
+    kind: str                   # where it sits in the results table: one of KINDS
+    computed_by: str            # the code that computes it
+    short: str = ""             # the console table's header ("" : not in the console table)
+    bounds: tuple[float | None, float | None] = (None, None)   # possible values (None: open)
+    per: str | None = None      # a throughput's count column: time of one run = per / value
+    spread: str | None = None   # the column holding its measured spread (interquartile range / median)
 
 
-#: Every column a result row can carry, with the direction that is better (ann-benchmarks style).
+#: The order of the kinds in the results table (``embpress.results.COLUMNS``) and the console table.
+KINDS = ("storage", "quality", "summary", "speed", "memory")
+
+_RETRIEVAL = "embpress.metrics.retrieval_scores (per query, averaged over judged queries)"
+_KNN = "embpress.metrics.knn_recall (per query, averaged)"
+_SPEED = ("embpress.speed.measure_search, in the timing pass (embpress.timing: alone, median of the repeats; "
+          "--no-timing: beside the other workers)")
+_BYTES = "compressors.Pipeline byte accounting (codes are uint8 arrays of exactly this width)"
+
+#: Every metric a result row can carry (ann-benchmarks style: each with the direction that is better).
+#: The report lists them in this order; the results table groups them by ``kind``.
 METRICS: dict[str, Metric] = {m.name: m for m in [
-    Metric("ndcg_at_10", True, "", "nDCG@10 against the qrels (x100)"),
-    Metric("recall_at_100", True, "", "Recall@100 against the qrels (x100)"),
-    Metric("mrr_at_10", True, "", "MRR@10 against the qrels (x100)"),
-    Metric("spearman", True, "", "Spearman correlation of cosine similarity with gold scores (x100)"),
-    Metric("knn_recall_at_10", True, "", "overlap of the top-10 with exact float32 top-10"),
-    Metric("knn_recall_at_100", True, "", "overlap of the top-100 with exact float32 top-100"),
-    Metric("retained_pct", True, "%", "main quality metric as % of the float32 baseline"),
-    Metric("bytes_per_vector", False, "B", "bytes stored per vector (codes + per-vector extras)"),
-    Metric("overhead_bytes", False, "B", "fixed bytes (codebooks, ranges, matrices)"),
-    Metric("amortised_bytes_corpus", False, "B", "bytes per vector with one pipeline's fixed bytes spread over "
-           "the evaluated corpus"),
-    Metric("amortised_bytes_1m", False, "B", "bytes per vector with one pipeline's fixed bytes spread over "
-           "1 M vectors (a deployment)"),
-    Metric("compression_ratio", True, "x", "float32 bytes per vector / bytes per vector"),
-    Metric("fit_s", False, "s", "seconds to fit on the calibration vectors"),
-    Metric("encode_vps", True, "vec/s", "vectors encoded per second"),
-    Metric("search_qps", True, "q/s", "queries per second, top-100 over the codes, all queries in one call"),
-    Metric("latency_p50_ms", False, "ms", "single-query latency (one thread), median"),
-    Metric("latency_p99_ms", False, "ms", "single-query latency (one thread), 99th percentile"),
-    Metric("search_bytes", False, "B", "bytes searched: codes, codebooks, index structures"),
+    Metric("ndcg_at_10", "nDCG@10", "", True, "nDCG@10 against the qrels (x100)", "quality", _RETRIEVAL,
+           short="nDCG@10", bounds=(0, 100)),
+    Metric("recall_at_100", "Recall@100", "", True, "Recall@100 against the qrels (x100)", "quality", _RETRIEVAL,
+           short="R@100", bounds=(0, 100)),
+    Metric("mrr_at_10", "MRR@10", "", True, "MRR@10 against the qrels (x100)", "quality", _RETRIEVAL,
+           short="MRR@10", bounds=(0, 100)),
+    Metric("spearman", "Spearman", "", True, "Spearman correlation of cosine similarity with gold scores (x100)",
+           "quality", "embpress.metrics.sts_spearman (over all pairs)", short="Spearman", bounds=(-100, 100)),
+    Metric("knn_recall_at_10", "neighbour recall@10", "%", True, "overlap of the top-10 with exact float32 top-10",
+           "quality", _KNN, short="kNN-R@10", bounds=(0, 100)),
+    Metric("knn_recall_at_100", "neighbour recall@100", "%", True,
+           "overlap of the top-100 with exact float32 top-100", "quality", _KNN, bounds=(0, 100)),
+    Metric("retained_pct", "retained %", "%", True, "main quality metric as % of the float32 baseline", "summary",
+           "embpress.cells.evaluate: 100 x quality / baseline_quality", short="retained%"),
+    Metric("bytes_per_vector", "bytes per vector", "B", False, "bytes stored per vector (codes + per-vector extras)",
+           "storage", _BYTES, short="B/vec", bounds=(1, None)),
+    Metric("overhead_bytes", "fixed bytes", "B", False, "fixed bytes (codebooks, ranges, matrices)", "storage",
+           _BYTES, bounds=(0, None)),
+    Metric("amortised_bytes_corpus", "bytes/vector with fixed bytes (corpus)", "B", False,
+           "bytes per vector with one pipeline's fixed bytes spread over the evaluated corpus", "storage",
+           "embpress.protocol.amortised_bytes"),
+    Metric("amortised_bytes_1m", "bytes/vector with fixed bytes (1 M vectors)", "B", False,
+           "bytes per vector with one pipeline's fixed bytes spread over 1 M vectors (a deployment)", "storage",
+           "embpress.protocol.amortised_bytes"),
+    Metric("compression_ratio", "× smaller", "x", True, "float32 bytes per vector / bytes per vector", "storage",
+           "embpress.cells: 4 x dim / bytes_per_vector", short="ratio", bounds=(0, None)),
+    Metric("fit_s", "fit s", "s", False, "seconds to fit on the calibration vectors", "speed",
+           "embpress.fitcache.fit_pipeline (mean over a cross-fitted cell's folds)", short="fit s",
+           spread="fit_spread"),
+    Metric("encode_vps", "encode vectors/s", "vec/s", True, "vectors encoded per second", "speed",
+           "embpress.timing (alone, threads pinned; --no-timing: embpress.cells beside other workers)",
+           short="enc vec/s", per="n_vectors", spread="encode_spread"),
+    Metric("search_qps", "search queries/s", "q/s", True,
+           "queries per second, top-100 over the codes, a batch of queries in one call", "speed", _SPEED,
+           short="search q/s", per="n_queries", spread="search_spread"),
+    Metric("latency_p50_ms", "latency p50 ms", "ms", False, "single-query latency (one thread), median", "speed",
+           _SPEED, short="p50 ms"),
+    Metric("latency_p99_ms", "latency p99 ms", "ms", False, "single-query latency (one thread), 99th percentile",
+           "speed", _SPEED),
+    Metric("search_bytes", "search bytes", "B", False, "bytes searched: codes, codebooks, index structures",
+           "memory", _SPEED),
 ]}
 
-#: The quality metric that ``retained_pct`` is computed from, per task.
-MAIN_METRIC = {"retrieval": "ndcg_at_10", "sts": "spearman", "neighbours": "knn_recall_at_10"}
+
+def label(column: str) -> str:
+    """A column's label: the registry's for a metric, else its name in words."""
+    metric = METRICS.get(column)
+    return metric.label if metric is not None else column.replace("_", " ")
+
+
+def of_kind(kind: str) -> list[str]:
+    """The metrics of one kind, in registry order."""
+    return [m.name for m in METRICS.values() if m.kind == kind]
+
+
+def console_columns() -> dict[str, str]:
+    """The console table's metric columns and their headers, in the results table's order."""
+    return {m: METRICS[m].short for kind in KINDS for m in of_kind(kind) if METRICS[m].short}
 
 
 def retrieval_scores(ranked_ids: list[list[str]], query_ids: list[str],
@@ -85,4 +138,5 @@ def knn_recall(found: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
 
 
 def sts_spearman(similarity: np.ndarray, gold: np.ndarray) -> float:
+    from scipy.stats import spearmanr       # imported here: scipy.stats alone takes most of a second to import
     return float(100 * spearmanr(similarity, gold).statistic)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import settings
+from .encoders import REFERENCE, apply_variant, get_variant
 from .errors import EmbpressError
 
 HUB_HOST = "huggingface.co"
@@ -70,7 +71,6 @@ def resolve_model(name: str) -> ModelEntry:
     """A registry entry by name, alias or HF id, optionally with ``@variant``; a student trained by
     ``embpress distill`` by its name; an unregistered ``org/name`` is a hub model."""
     if "@" in name:
-        from .encoders import REFERENCE, get_variant
         base_name, _, variant = name.rpartition("@")
         base, variant = resolve_model(base_name), variant.strip().lower()
         if base.variant:
@@ -248,7 +248,6 @@ class ModelInfo:
         """What the variant does to the weights (part of the embedding cache key), None for fp32."""
         if not self.entry.variant:
             return None
-        from .encoders import get_variant
         return {"variant": self.entry.variant, **get_variant(self.entry.variant).settings}
 
 
@@ -296,7 +295,6 @@ def load_encoder(info: ModelInfo, device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer(str(info.path), device=device)
     if info.entry.variant:
-        from .encoders import apply_variant
         model = apply_variant(model, info.entry.variant, device=device)
     model.eval()
     return model

@@ -18,24 +18,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .metrics import METRICS as _DIR  # noqa: E402
+from .metrics import METRICS, label as metric_label  # noqa: E402
 from .stats import pareto_mask  # noqa: E402
 
 plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "embpress", "font.size": 9,
                      "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False})
 
-METRIC_LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10",
-                 "spearman": "Spearman", "knn_recall_at_10": "neighbour recall@10",
-                 "knn_recall_at_100": "neighbour recall@100"}
 FRONTIER = dict(color="black", linewidth=1.2, linestyle=(0, (4, 2)), zorder=6)
 RESCORE = re.compile(r":rescore=(\d+)")
 RESCORE_WITH = re.compile(r":rescore_with=[^:]*")
 
 
+def _plain(v, _pos=None) -> str:
+    """A log-axis label as a plain number (1, 10, 1,000, 0.001), as the page's charts write them:
+    no mathtext to typeset (a tenth of the exports' drawing time)."""
+    return f"{v:,.0f}" if v >= 1 else f"{v:.10g}"
+
+
+def _log(axis) -> None:
+    """A log axis's labels: powers of ten only (minor labels collide on short ranges), plain numbers."""
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _logx(ax) -> None:
-    """A log x axis labelled at powers of ten only (minor labels collide on short ranges)."""
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _log(ax.xaxis)
 
 
 def colours(labels) -> dict[str, tuple]:
@@ -119,7 +127,7 @@ def _lines(ax, g: pd.DataFrame, x: str, y: str, colour: dict, err: tuple[str, st
             yerr = np.vstack([(pts[y] - pts[err[0]] * s).clip(lower=0), (pts[err[1]] * s - pts[y]).clip(lower=0)])
             ax.errorbar(pts[x], pts[y], yerr=yerr, fmt="none", ecolor=c, alpha=0.35, linewidth=0.8, zorder=2)
         ax.scatter(pts[x], pts[y], s=16, color=c, marker=m, alpha=0.55, linewidths=0, zorder=3)
-        best = pts[pareto_mask(pts, (x, y))].sort_values(x) if x in _DIR and y in _DIR else pts
+        best = pts[pareto_mask(pts, (x, y))].sort_values(x) if x in METRICS and y in METRICS else pts
         ax.plot(best[x], best[y], color=c, marker=m, markersize=4, linewidth=1.4, label=str(line), zorder=4)
 
 
@@ -130,7 +138,7 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
         return None
 
     def draw(ax, panel, g):
-        metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
+        metric = metric_label(g["main_metric"].iloc[0])
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _frontier(ax, g[g.pareto], "bytes_per_vector", "retained_pct")
         _lines(ax, g, "bytes_per_vector", "retained_pct", colour, err=("ci_low", "ci_high"))
@@ -141,21 +149,29 @@ def quality_vs_bytes(ok: pd.DataFrame, colour: dict):
     return _per_panel(data, draw, "Quality kept at each storage budget (higher and further left is better)")
 
 
+def insample_pairs(ok: pd.DataFrame) -> pd.Series:
+    """Which ok rows the in-sample vs cross-fitted comparison shows: the in-sample and cross-fitted
+    cells of each (panel, line) that has both (all False when the run has no such pair)."""
+    none = pd.Series(False, index=ok.index, dtype=bool)
+    if "protocol" not in ok or ok.empty:
+        return none
+    valid = ok.retained_pct.notna() & ok.bytes_per_vector.notna()
+    proto = ok.protocol.astype(str)
+    ins, cross = valid & (proto == "in-sample"), valid & proto.str.startswith("crossfit")
+    key = list(zip(ok.panel, ok.line))
+    both = {k for k, i in zip(key, ins) if i} & {k for k, c in zip(key, cross) if c}
+    return pd.Series([k in both for k in key], index=ok.index, dtype=bool) & (ins | cross)
+
+
 def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
     """Per dataset, each trained family that has in-sample cells: in-sample (dashed) against
     cross-fitted (solid) retained % per bytes per vector; None without such pairs."""
-    if "protocol" not in ok:
-        return None
-    data = ok.dropna(subset=["retained_pct", "bytes_per_vector"])
-    insample = data[data.protocol == "in-sample"]
-    lines = set(zip(insample.panel, insample.line))
-    paired = pd.Series([(p, l) in lines for p, l in zip(data.panel, data.line)], index=data.index, dtype=bool)
-    data = data[paired & (data.protocol.isin(["in-sample"]) | data.protocol.astype(str).str.startswith("crossfit"))]
-    if insample.empty or not (data.protocol != "in-sample").any():
+    data = ok[insample_pairs(ok)]
+    if data.empty:
         return None
 
     def draw(ax, panel, g):
-        metric = METRIC_LABELS.get(g["main_metric"].iloc[0], g["main_metric"].iloc[0])
+        metric = metric_label(g["main_metric"].iloc[0])
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         for (line, proto), pts in g.groupby(["line", g.protocol == "in-sample"], sort=True):
             pts = pts.sort_values("bytes_per_vector")
@@ -175,7 +191,7 @@ def in_sample_vs_crossfit(ok: pd.DataFrame, colour: dict):
 
 def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
     """Neighbour recall@10 (overlap with the exact float32 top 10) against bytes per vector."""
-    data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "bytes_per_vector"])
+    data = ok.dropna(subset=["knn_recall_at_10", "bytes_per_vector"])      # the tasks that search
     if data.empty:
         return None
 
@@ -193,7 +209,7 @@ def knn_vs_bytes(ok: pd.DataFrame, colour: dict):
 
 def qps_vs_recall(ok: pd.DataFrame, colour: dict):
     """Search queries per second against neighbour recall@10 (the ann-benchmarks view)."""
-    data = ok[ok.task.isin(["retrieval", "neighbours"])].dropna(subset=["knn_recall_at_10", "search_qps"])
+    data = ok.dropna(subset=["knn_recall_at_10", "search_qps"])
     if data.empty:
         return None
 
@@ -204,6 +220,7 @@ def qps_vs_recall(ok: pd.DataFrame, colour: dict):
             ax.scatter(pts["knn_recall_at_10"], pts["search_qps"], s=18, color=colour.get(str(line), "C0"),
                        marker=MARKERS.get(str(line), "o"), alpha=0.8, linewidths=0, label=str(line), zorder=3)
         ax.set_yscale("log")
+        _log(ax.yaxis)
         ax.set_xlabel("neighbour recall@10 (%)")
         ax.set_ylabel("queries per second (exact scan of the codes, log scale)")
         ax.set_title(f"{panel}: speed against accuracy")
@@ -244,7 +261,7 @@ def speed_by_family(ok: pd.DataFrame, colour: dict):
 
 def sts_vs_bytes(ok: pd.DataFrame, colour: dict):
     """STS Spearman (x100) against bytes per vector, float32 drawn as a dashed line."""
-    data = ok[ok.task == "sts"].dropna(subset=["spearman", "bytes_per_vector"])
+    data = ok.dropna(subset=["spearman", "bytes_per_vector"])              # the tasks scored by Spearman
     if data.empty:
         return None
 

@@ -29,10 +29,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from compressors import SpecError
+
+from .data import load_card
+from .errors import EmbpressError
+from .vector_folders import load_npy
 
 #: The calibration a run uses unless told otherwise.
 DEFAULT_CALIBRATION = "crossfit:2"
@@ -75,6 +80,20 @@ def parse_calibration(cal: str) -> Protocol:
                     "or file:PATH.npy")
 
 
+def check_calibration(cal: str) -> None:
+    """A calibration a run can use: its string parses, its datasets have cards, its file is a
+    readable float matrix; EmbpressError (one line) otherwise."""
+    try:
+        parse_calibration(cal)
+    except SpecError as exc:
+        raise EmbpressError(str(exc)) from None
+    if cal.startswith("dataset:"):
+        for name in cal[8:].split("+"):
+            load_card(name)
+    elif cal.startswith("file:"):
+        load_npy(Path(cal[5:]))
+
+
 def fold_of(ids: list[str], folds: int, seed: int = FOLD_SEED) -> np.ndarray:
     """Fold index (0..folds-1) of each id: a stable hash of seed and id, so a document stays in its
     fold whatever else the corpus holds (a sample, a resumed run, another machine)."""
@@ -104,6 +123,31 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     scores, ids = np.take_along_axis(scores, by_id, 1), np.take_along_axis(ids, by_id, 1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def search_folds(pipes: list, fold_ids: np.ndarray, stored: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
+    """Top-k ids over the whole corpus of a cross-fitted cell: each fold's codes searched with its
+    own pipeline (``pipes[f]``), the lists merged by scores put on one scale."""
+    parts = []
+    for f, pipe in enumerate(pipes):
+        rows = np.flatnonzero(fold_ids == f)
+        if not len(rows):
+            continue
+        scores, local = pipe.search(pipe.encode(stored[rows]), Q, k)
+        parts.append((pipe.comparable_scores(Q, scores), np.where(local >= 0, rows[np.maximum(local, 0)], -1)))
+    return merge_topk(parts, k)[1]
+
+
+def similarity_folds(pipes: list, fold_ids: np.ndarray, stored: np.ndarray, n: int) -> np.ndarray:
+    """STS similarity of every pair of a cross-fitted cell (``stored``: the first sentences, then
+    the second ones), scored by the pipeline of the pair's fold."""
+    sim = np.empty(n, dtype=np.float64)
+    pair_fold = fold_ids[:n]
+    for f, pipe in enumerate(pipes):
+        rows = np.flatnonzero(pair_fold == f)
+        if len(rows):
+            sim[rows] = pipe.pair_similarity(pipe.encode(stored[rows]), pipe.encode(stored[n + rows]))
+    return sim
 
 
 def amortised_bytes(bytes_per_vector: int, overhead_bytes: int, n_vectors: int) -> float:

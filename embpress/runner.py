@@ -23,15 +23,22 @@ import pandas as pd
 
 from compressors import SpecError, parse_spec
 
-from .cells import CellTask, ground_truth, run_cell, save_npz
-from .data import is_vector_folder, load_card, load_dataset, load_vector_folder
+from .cells import CellTask, ground_truth, run_cell
+from .data import load_card, load_dataset
 from .embed import embed_dataset
 from .errors import EmbpressError
-from .grid import CellSpec, RunConfig, cell_id, config_from_dict, check_template, expand, family_calibration, family_parts, load_grid  # noqa: F401
+from .grid import CellSpec, RunConfig, cell_id, check_template, expand, family_calibration, family_parts
 from .models import model_info, resolve_model
-from .protocol import parse_calibration
-from .results import RunWriter, format_table, io_failure, new_run_dir
+from .protocol import check_calibration
+from .tasks import task_of
+from .results import format_table
+from .files import save_npy
+from .runfolder import RunFolder, RunWriter, io_failure, new_run_dir
+from .costs import slowest_first
+from .fitcache import split_fitted
+from .timing import TimingConfig, timing_pass
 from .validate import check_config, check_int
+from .vector_folders import is_vector_folder, load_vector_folder
 
 log = logging.getLogger("embpress")
 
@@ -62,34 +69,25 @@ def plan(config: RunConfig) -> Plan:
                     pipe.check_dim(entry.dim)
                 except SpecError as exc:
                     raise SpecError(f"{spec} on {entry.name} ({entry.dim}-d): {exc}") from None
-    _check_calibration(config.calibration)
+    check_calibration(config.calibration)
     for family in config.families:
-        template, _ = family_parts(family, config.budgets)
-        check_template(template, config.axes)
-        if family_calibration(family) is not None:
-            _check_calibration(family_calibration(family))
-        try:
-            for entry in entries:
-                if entry.dim is not None:
-                    expand(replace(config, compressors=[], families=[family]), entry.dim)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
+        _check_family(config, family, entries)
     if config.k < 1:
         raise EmbpressError(f"k must be at least 1, got {config.k}")
     return Plan(config, entries)
 
 
-def _check_calibration(cal: str) -> None:
+def _check_family(config: RunConfig, family, entries: list) -> None:
+    template, _ = family_parts(family, config.budgets)
+    check_template(template, config.axes)
+    if family_calibration(family) is not None:
+        check_calibration(family_calibration(family))
     try:
-        parse_calibration(cal)
-    except SpecError as exc:
-        raise EmbpressError(str(exc)) from None
-    if cal.startswith("dataset:"):
-        for name in cal[8:].split("+"):
-            load_card(name)
-    elif cal.startswith("file:"):
-        from .data import _load_npy
-        _load_npy(Path(cal[5:]))
+        for entry in entries:
+            if entry.dim is not None:
+                expand(replace(config, compressors=[], families=[family]), entry.dim)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(f"family {template!r} is not a valid template ({exc})") from None
 
 
 def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progress: bool) -> str | None:
@@ -103,13 +101,12 @@ def _calibration_path(cal: str, info, writer: RunWriter, batch_size: int, progre
         return None
     parts = []
     for name in cal[8:].split("+"):
-        vecs = embed_dataset(info, load_dataset(name), batch_size=batch_size, progress=progress)
-        parts.append(vecs["corpus"] if "corpus" in vecs else np.concatenate([vecs["sentences1"], vecs["sentences2"]]))
-    if len(parts) == 1:
+        ds = load_dataset(name)
+        parts.append(task_of(ds.task).stored_vectors(embed_dataset(info, ds, batch_size=batch_size, progress=progress)))
+    if len(parts) == 1 and getattr(parts[0], "filename", None):   # one cached corpus: used in place
         return str(parts[0].filename)
-    path = writer.dir / "vectors" / f"calibration__{_safe(info.entry.name)}__{_safe(cal[8:])}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.concatenate([np.asarray(p) for p in parts]).astype(np.float32))
+    path = writer.folder.vectors("calibration", info.entry.name, cal[8:])
+    save_npy(path, np.concatenate([np.asarray(p) for p in parts]).astype(np.float32))
     return str(path)
 
 
@@ -149,7 +146,7 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
                     and model not in writer.meta.setdefault("model_profiles", {}):
                 # the model track: size, encode speed and agreement with the float32 base,
                 # measured side by side once per model and merged into its rows
-                from .encoders import profile_texts, variant_profile
+                from .profiles import profile_texts, variant_profile
                 writer.meta["model_profiles"][model] = variant_profile(info, profile_texts(ds),
                                                                        batch_size=config.batch_size)
         writer.meta["datasets"][ds.name] = {"revision": revision, "task": ds.task, "location": ds.location,
@@ -157,34 +154,27 @@ def prepare(the_plan: Plan, writer: RunWriter, progress: bool, echo) -> list[Cel
                                             "split": getattr(getattr(ds, "card", None), "split", None),
                                             "source": name}
         arrays, baseline = ground_truth(ds, vectors, config.k)
-        truth_path = writer.dir / "per_query" / f"baseline__{_safe(model)}__{_safe(ds.name)}.npz"
-        save_npz(truth_path, arrays, baseline=baseline)
+        truth_path = writer.save_baseline(model, ds.name, arrays, baseline)
         writer.meta.setdefault("baselines", {})[f"{model}|{ds.name}"] = baseline
         writer.write_meta()
         echo(f"{ds.name} · {model}: float32 baseline " + ", ".join(f"{m}={v:.2f}" for m, v in baseline.items()))
         cal_paths: dict[str, str | None] = {}
-
-        def cal_path(cal: str) -> str | None:
-            if cal not in cal_paths:
-                cal_paths[cal] = _calibration_path(cal, info if entry is not None else None, writer,
-                                                   config.batch_size, progress)
-            return cal_paths[cal]
-
         dim = next(iter(vectors.values())).shape[1]
         for cell in expand(config, dim):
+            if cell.infeasible is not None:
+                tasks.append(_infeasible_task(model, ds.name, ds.task, cell))
+                continue
             cal = cell.calibration or config.calibration
+            if cal not in cal_paths:     # embedded (other datasets) only when a feasible cell needs it
+                cal_paths[cal] = _calibration_path(cal, info if entry is not None else None, writer,
+                                                   config.batch_size, progress)
             tasks.append(CellTask(
                 cell_id=cell_id(model, ds.name, cell.compressor, cell.budget, cell.calibration), model=model,
                 dataset=name, dataset_label=ds.name, compressor=cell.compressor,
                 vectors=_vector_paths(vectors), truth=str(truth_path), k=config.k,
                 max_queries=config.max_queries, max_docs=config.max_docs, calibration=cal,
-                calibration_path=cal_path(cal), budget=cell.budget, template=cell.template,
-            ) if cell.infeasible is None else _infeasible_task(model, ds.name, ds.task, cell))
+                calibration_path=cal_paths[cal], budget=cell.budget, template=cell.template))
     return tasks
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _as_file_backed(run_dir: Path, name: str, part: str, arr) -> Any:
@@ -192,9 +182,8 @@ def _as_file_backed(run_dir: Path, name: str, part: str, arr) -> Any:
     import numpy as np
     if getattr(arr, "filename", None):
         return arr
-    path = run_dir / "vectors" / f"{_safe(Path(name).name)}__{part}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(arr, dtype=np.float32))
+    path = RunFolder(run_dir).vectors(Path(name).name, part)
+    save_npy(path, np.asarray(arr, dtype=np.float32))
     return np.load(path, mmap_mode="r")
 
 
@@ -244,8 +233,10 @@ def _iter_results(tasks: list[CellTask], executor: str, workers: int, threads: i
 
 def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers: int = 1,
             threads: int | None = None, scheduler: str | None = None, progress: bool = True,
-            fit_cache: bool = True,
+            fit_cache: bool = True, timing: bool = False,
             echo: Callable[[str], None] = lambda m: None) -> None:
+    """Run the cells (their quality; with ``timing``, each worker's fitted pipeline is kept in the
+    run folder for the timing pass instead of timing it beside the other workers)."""
     from tqdm.auto import tqdm
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if (workers > 1 or executor == "dask") else 0
@@ -255,6 +246,7 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
     bar = tqdm(total=len(tasks), unit="cell", desc="cells", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
     say = (lambda m: bar.write(m, file=sys.stderr)) if progress else echo
+    t0 = time.perf_counter()
     runnable = []
     for t in tasks:
         if isinstance(t, _InfeasibleTask):
@@ -264,12 +256,16 @@ def execute(tasks: list, writer: RunWriter, *, executor: str = "local", workers:
             writer.add_cell(row)
             bar.update(1)
         else:
-            runnable.append(replace(t, fit_cache=fit_cache))
+            runnable.append(replace(t, fit_cache=fit_cache, timing=timing))
     try:
         for task, (row, per_query) in _iter_results(runnable, executor, workers, threads, scheduler):
+            per_query, fitted = split_fitted(per_query)
+            if fitted:
+                writer.save_fitted(task.cell_id, fitted)
             if per_query:
-                save_npz(writer.dir / "per_query" / f"{task.cell_id}.npz", per_query)
+                writer.save_cell_arrays(task.cell_id, per_query)
             row.update(writer.meta.get("model_profiles", {}).get(task.model, {}))
+            row["finished_s"] = round(time.perf_counter() - t0, 3)     # since the cell phase began
             writer.add_cell(row)
             bar.set_postfix_str(f"{row['dataset']} {task.compressor}", refresh=False)
             bar.update(1)
@@ -293,18 +289,20 @@ def _echo_cell(echo, row: dict[str, Any]) -> None:
 def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progress: bool = True,
         echo: Callable[[str], None] | None = None, executor: str = "local", workers: int = 1,
         threads: int | None = None, scheduler: str | None = None, fit_cache: bool = True,
-        resume: Path | None = None) -> tuple[pd.DataFrame, Path]:
-    """Run a grid (or resume a run folder); returns the results table and the run folder."""
+        resume: Path | None = None, timing: TimingConfig | None = None) -> tuple[pd.DataFrame, Path]:
+    """Run a grid (or resume a run folder); returns the results table and the run folder.
+
+    ``timing`` (default: on, :class:`embpress.timing.TimingConfig`): after the cells, time each one
+    alone; ``TimingConfig(enabled=False)`` keeps the workers' side-by-side timings, marked indicative.
+    A resumed run keeps the timing settings it was started with."""
+    timing = timing or TimingConfig()
     echo = echo or (lambda msg: log.info(msg))
-    if executor not in EXECUTORS:
-        raise EmbpressError(f"unknown executor {executor!r} (one of: {', '.join(EXECUTORS)})")
-    check_int("workers", workers, 1)
-    if executor == "dask":
-        from .scheduler import check_address
-        check_address(scheduler)
-    check_int("threads", threads, 0)
+    _check_execution(executor, workers, threads, scheduler)
     if resume is not None:
         writer, config = RunWriter.reopen(resume)
+        if isinstance(writer.meta.get("timing"), dict):     # a resumed run keeps its own timing settings
+            timing = TimingConfig(**{k: v for k, v in writer.meta["timing"].items()
+                                     if k in TimingConfig.__dataclass_fields__}).check(f"{resume}/run.json: ")
     else:
         assert config is not None
     the_plan = plan(config)
@@ -320,12 +318,16 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
         tasks = prepare(the_plan, writer, progress, echo)
         writer.meta["prepare_s"] = round(time.perf_counter() - t_prep, 3)
         writer.meta["order"] = [t.cell_id for t in tasks]
-        todo = [t for t in tasks if t.cell_id not in done]
+        todo = slowest_first([t for t in tasks if t.cell_id not in done])
         echo(f"{len(tasks)} cells, {len(todo)} to run")
+        writer.meta["timing"] = timing.as_dict()
         t_cells = time.perf_counter()
         execute(todo, writer, executor=executor, workers=workers, threads=threads, scheduler=scheduler,
-                progress=progress, echo=echo, fit_cache=fit_cache)
+                progress=progress, echo=echo, fit_cache=fit_cache, timing=timing.enabled)
         writer.meta["cell_wall_s"] = round(time.perf_counter() - t_cells, 3)
+        if timing.enabled:
+            timing_pass([t for t in tasks if not isinstance(t, _InfeasibleTask)], writer, timing,
+                        progress=progress, echo=echo)
         status = "finished"
     except EmbpressError as exc:
         writer.meta["error"] = str(exc)
@@ -343,6 +345,16 @@ def run(config: RunConfig | None = None, *, out_dir: Path | None = None, progres
     for _, r in df[df.status == "failed"].iterrows():
         echo(f"  failed: {r.dataset} {r.compressor}: {r.error}")
     return df, writer.dir
+
+
+def _check_execution(executor: str, workers: int, threads: int | None, scheduler: str | None) -> None:
+    if executor not in EXECUTORS:
+        raise EmbpressError(f"unknown executor {executor!r} (one of: {', '.join(EXECUTORS)})")
+    check_int("workers", workers, 1)
+    if executor == "dask":
+        from .scheduler import check_address
+        check_address(scheduler)
+    check_int("threads", threads, 0)
 
 
 def _finish(writer: RunWriter, status: str) -> pd.DataFrame:

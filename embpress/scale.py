@@ -280,7 +280,7 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 def run_scale(cfg: ScaleConfig, out_dir: Path | None = None, echo: Callable[[str], None] = print):
     """Run the sweep; returns (results table, run folder)."""
     from .cells import limit_threads
-    from .results import RunWriter, new_run_dir
+    from .runfolder import RunWriter, new_run_dir
     from .models import resolve_model
     dim = resolve_model(cfg.model).dim
     if dim is not None:

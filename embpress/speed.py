@@ -18,7 +18,9 @@ index; ``build_s``), then measures
   search, so the sampler runs alongside). Memory the allocator already holds from earlier work is
   reused without raising the RSS, so this is a lower bound of the search's temporaries.
 
-``speed_s`` is the wall time of the whole measurement (what it adds to a grid cell).
+Each median comes with its *spread*, the interquartile range over the median of the repeats
+(``search_spread``, ``latency_spread``; robust to the one call a busy machine preempts): what ``embpress compare`` must see exceeded before it calls a slowdown a
+regression. ``speed_s`` is the wall time of the whole measurement (what it adds to a grid cell).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 #: The columns measure_search adds to a result row.
 SPEED_COLUMNS = ["search_kernel", "build_s", "search_s", "search_qps", "latency_p50_ms", "latency_p99_ms",
-                 "search_bytes", "search_rss_delta_bytes", "search_threads", "speed_s"]
+                 "search_bytes", "search_rss_delta_bytes", "search_threads", "speed_s", "search_spread",
+                 "latency_spread"]
 
 
 def rss_bytes() -> int | None:
@@ -100,6 +103,13 @@ def one_thread():
         faiss.omp_set_num_threads(before)
 
 
+def spread(times) -> float:
+    """Interquartile range / median of repeated timings (0 for a single one)."""
+    times = np.asarray(list(times), dtype=np.float64)
+    q1, mid, q3 = np.percentile(times, [25, 50, 75])
+    return float((q3 - q1) / mid) if mid > 0 else 0.0
+
+
 def _timed(fn, *args) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn(*args)
@@ -107,8 +117,9 @@ def _timed(fn, *args) -> tuple[float, Any]:
 
 
 def single_query_latency(searcher, Q: np.ndarray, k: int, *, single: int = 200, warmup: int = 10,
-                         repeats: int = 3) -> tuple[float, float]:
-    """(p50, p99) in milliseconds of one-query searches on one thread, medians over the repeats."""
+                         repeats: int = 3) -> tuple[float, float, float]:
+    """(p50, p99) in milliseconds of one-query searches on one thread, medians over the repeats,
+    and the spread of the rounds' p50s."""
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     rows = [Q[i % len(Q)][None] for i in range(single)]
     p50s, p99s = [], []
@@ -119,7 +130,7 @@ def single_query_latency(searcher, Q: np.ndarray, k: int, *, single: int = 200, 
             lat = np.array([_timed(searcher.search, q, k)[0] for q in rows])
             p50s.append(float(np.percentile(lat, 50)))
             p99s.append(float(np.percentile(lat, 99)))
-    return 1000 * statistics.median(p50s), 1000 * statistics.median(p99s)
+    return 1000 * statistics.median(p50s), 1000 * statistics.median(p99s), spread(p50s)
 
 
 def measure_searcher(searcher, Q: np.ndarray, k: int, *, repeats: int = 3, single: int = 200,
@@ -131,12 +142,13 @@ def measure_searcher(searcher, Q: np.ndarray, k: int, *, repeats: int = 3, singl
     with RssPeak() as rss:
         runs = [_timed(searcher.search, Q, k) for _ in range(max(1, repeats))]
     search_s = statistics.median(t for t, _ in runs)
-    p50, p99 = (single_query_latency(searcher, Q, k, single=single, warmup=warmup, repeats=max(1, repeats))
-                if single > 0 and len(Q) else (None, None))
+    p50, p99, lat_spread = (single_query_latency(searcher, Q, k, single=single, warmup=warmup, repeats=max(1, repeats))
+                            if single > 0 and len(Q) else (None, None, None))
     return {"search_kernel": searcher.kernel, "search_s": search_s,
             "search_qps": len(Q) / max(search_s, 1e-9), "latency_p50_ms": p50, "latency_p99_ms": p99,
             "search_bytes": int(searcher.nbytes), "search_rss_delta_bytes": rss.delta,
-            "search_threads": faiss.omp_get_max_threads(), "results": runs[-1][1]}
+            "search_threads": faiss.omp_get_max_threads(), "search_spread": spread(t for t, _ in runs),
+            "latency_spread": lat_spread, "results": runs[-1][1]}
 
 
 def measure_search(pipe, codes: np.ndarray, Q: np.ndarray, k: int, *, repeats: int = 3, single: int = 200,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmbpressError, SpecError
+from .metrics import METRICS
 
 #: A spec longer than this (characters or stages) is refused before anything is fitted.
 MAX_SPEC_CHARS = 256
@@ -18,16 +19,12 @@ MAX_SPEC_STAGES = 8
 #: Options of `embpress run` fixed by a run's own config: --resume cannot change them.
 RESUME_FIXED = ("grid", "dataset", "model", "compressor", "out", "k", "max_queries", "max_docs", "calibration")
 
-#: Possible values of every metric a row can carry (x100 scales); None: no bound on that side.
+#: Possible values of every column a row can carry (x100 scales): the registered metrics' bounds,
+#: and the main metric's value and baseline (any main metric's range); None: no bound on that side.
 METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "ndcg_at_10": (0, 100), "recall_at_100": (0, 100), "mrr_at_10": (0, 100),
-    "knn_recall_at_10": (0, 100), "knn_recall_at_100": (0, 100), "spearman": (-100, 100),
-    "quality": (-100, 100), "baseline_quality": (-100, 100), "bytes_per_vector": (1, None),
-    "compression_ratio": (0, None), "overhead_bytes": (0, None),
+    **{m.name: m.bounds for m in METRICS.values() if m.bounds != (None, None)},
+    "quality": (-100, 100), "baseline_quality": (-100, 100),
 }
-#: Columns that must be present and finite in an ok row of each task.
-REQUIRED = {"retrieval": ("knn_recall_at_10", "quality", "baseline_quality"),
-            "neighbours": ("knn_recall_at_10", "quality"), "sts": ("spearman", "quality", "baseline_quality")}
 
 _INT_KEYS = {"k": 1, "max_queries": 1, "max_docs": 1, "batch_size": 1}
 
@@ -107,11 +104,12 @@ def _finite(value: Any) -> bool:
         and math.isfinite(float(value))
 
 
-def metric_problem(row: dict[str, Any]) -> str | None:
-    """Why an ok row's figures are impossible (NaN, a missing main figure, out of range), else None."""
+def metric_problem(row: dict[str, Any], required: tuple[str, ...] = ()) -> str | None:
+    """Why an ok row's figures are impossible (NaN, a missing main figure, out of range), else None;
+    ``required``: the columns its task must have (``Task.required``)."""
     if row.get("status") != "ok":
         return None
-    for col in REQUIRED.get(row.get("task"), ()):
+    for col in required:
         if not _finite(row.get(col)):
             return f"{col} is {row.get(col)!r} (no valid value: empty or constant input?)"
     for col, (lo, hi) in METRIC_RANGES.items():

@@ -50,8 +50,8 @@ def trim_source(dataset: str) -> tuple[list[str], str]:
 
 
 @lru_cache(maxsize=32)
-def trim_variant(name: str):
-    from .encoders import Variant
+def trim_variant(name: str) -> tuple[str, dict]:
+    """(summary, settings) of ``trim-<dataset>[-<N>]``: the settings name the texts by their sha256."""
     m = _TRIM.fullmatch(name)
     if not m:
         raise EmbpressError(f"encoder variant {name!r}: write trim-<dataset> or trim-<dataset>-<tokens>")
@@ -60,10 +60,10 @@ def trim_variant(name: str):
         raise EmbpressError(f"encoder variant {name}: the vocabulary budget must be at least 1 token")
     texts, what = trim_source(dataset)
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
-    return Variant(name, f"vocabulary trimmed to the tokens of the {what}"
-                   + (f", the {budget} most frequent" if budget else "") + "; other tokens read as [UNK]",
-                   {"method": "vocab-trim", "dataset": dataset, "texts": what, "texts_sha256": digest,
-                    "n_texts": len(texts), "budget": budget})
+    return (f"vocabulary trimmed to the tokens of the {what}"
+            + (f", the {budget} most frequent" if budget else "") + "; other tokens read as [UNK]",
+            {"method": "vocab-trim", "dataset": dataset, "texts": what, "texts_sha256": digest,
+             "n_texts": len(texts), "budget": budget})
 
 
 def token_counts(tokenizer, texts: list[str], vocab_size: int) -> np.ndarray:
@@ -105,18 +105,17 @@ def trimmed_embedding(table, kept: np.ndarray, unk_id: int):
     return TrimmedEmbedding(table.detach()[torch.from_numpy(kept)].clone(), torch.from_numpy(remap))
 
 
-def trim_model(model, variant) -> None:
-    """Replace the model's token-embedding table by its trimmed version (in place)."""
-    from .encoder_weights import hf_model
-    cfg = variant.settings
+def trim_model(model, hf, name: str, cfg: dict) -> None:
+    """Replace the token-embedding table of ``hf`` (the transformers model inside the
+    sentence-transformers ``model``) by its trimmed version, in place."""
     texts, _ = trim_source(cfg["dataset"])
     if hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest() != cfg["texts_sha256"]:
-        raise EmbpressError(f"encoder variant {variant.name}: the {cfg['dataset']} texts changed since its "
+        raise EmbpressError(f"encoder variant {name}: the {cfg['dataset']} texts changed since its "
                             f"settings were read; restart to rebuild it")
-    tokenizer, hf = model.tokenizer, hf_model(model)
+    tokenizer = model.tokenizer
     table = hf.get_input_embeddings().weight
     if tokenizer.unk_token_id is None:
-        raise EmbpressError(f"encoder variant {variant.name}: the tokenizer has no [UNK] token to map unseen ones to")
+        raise EmbpressError(f"encoder variant {name}: the tokenizer has no [UNK] token to map unseen ones to")
     kept = kept_ids(tokenizer, texts, table.shape[0], cfg["budget"])
     hf.set_input_embeddings(trimmed_embedding(table, kept, tokenizer.unk_token_id))
     model.embpress_kept_ids = kept

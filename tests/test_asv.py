@@ -130,6 +130,7 @@ def test_publish_builds_the_site(asv, quick_run):
         assert list(html.glob(f"graphs/**/{name}.json")), name
 
 
+@pytest.mark.integration   # builds a virtualenv around the project's environment
 def test_virtualenv_install_step_puts_the_commit_first(tmp_path):
     """What asv.conf.json's install_command does in each asv virtualenv: the benchmarked checkout
     is imported, every dependency comes from the project's environment."""

@@ -10,6 +10,8 @@ import pytest
 
 from embpress.results import COLUMNS
 
+pytestmark = pytest.mark.integration   # the command line on real datasets and the real model
+
 QUICK = ["--grid", "quick", "--no-progress"]
 
 

@@ -6,11 +6,7 @@ import pytest
 
 from compressors import SpecError, parse_spec
 from compressors.base import knn_inner_product
-
-try:
-    from sentence_transformers.util.quantization import quantize_embeddings
-except ImportError:  # older sentence-transformers
-    from sentence_transformers.quantization import quantize_embeddings
+from conftest import quantize_embeddings
 
 SPECS = ["F32", "F16", "SQ8", "SQ4", "SQ2", "BIN", "PCA64", "PCA128,SQ8", "PQ16x8", "PQ48x8", "PCA64,PQ8x8"]
 
@@ -171,8 +167,8 @@ def test_assume_finite_skips_the_scan_only_inside_its_context(corpus_vectors):
 
 
 def test_nan_in_a_later_encode_block_is_refused(corpus_vectors, monkeypatch):
-    import compressors.base
-    monkeypatch.setattr(compressors.base, "ENCODE_BLOCK_ROWS", 64)
+    import compressors.pipeline
+    monkeypatch.setattr(compressors.pipeline, "ENCODE_BLOCK_ROWS", 64)
     pipe = parse_spec("PCA64,SQ8").fit(corpus_vectors)
     bad = np.vstack([corpus_vectors] * 2)
     bad[len(bad) - 5, 0] = np.inf
@@ -193,10 +189,10 @@ BLOCK_CASES = [("F32", 0), ("F16", 0), ("BF16", 0), ("SQ4", 0), ("BIN:threshold=
 def test_block_wise_encode_equals_encoding_all_rows_at_once(spec, allowed, corpus_vectors, monkeypatch):
     """Pipeline.encode goes block by block; every row-wise stage must give the codes of the whole
     batch, and a batch-dependent one (LSQ: 1 % of its codes change in blocks) is encoded in one piece."""
-    import compressors.base
+    import compressors.pipeline
     pipe = parse_spec(spec).fit(corpus_vectors)
     whole = pipe.codec.encode(pipe._forward(corpus_vectors))
-    monkeypatch.setattr(compressors.base, "ENCODE_BLOCK_ROWS", 100)
+    monkeypatch.setattr(compressors.pipeline, "ENCODE_BLOCK_ROWS", 100)
     blocks = pipe.encode(corpus_vectors)
     assert blocks.shape == whole.shape and blocks.dtype == whole.dtype
     differ = (blocks != whole).mean()

@@ -9,6 +9,8 @@ from embpress.errors import EmbpressError
 
 from conftest import MIRROR
 
+pytestmark = pytest.mark.integration   # the datasets mirror
+
 EXPECTED = {"scifact": {"documents": 5183, "queries": 300, "judgments": 339},
             "nfcorpus": {"documents": 3633, "queries": 323, "judgments": 12334},
             "stsbenchmark": {"pairs": 1379}, "sick": {"pairs": 4906}}

@@ -7,6 +7,8 @@ from embpress import embed as E
 from embpress.data import load_dataset
 from embpress.errors import EmbpressError
 
+pytestmark = pytest.mark.integration   # the real model
+
 
 def test_second_embedding_does_zero_encoder_calls(minilm):
     ds = load_dataset("scifact", max_queries=5, max_docs=30)

@@ -37,7 +37,7 @@ def _zeros(t) -> int:
 
 
 # ---------------------------------------------------------------------------- names and cache keys
-def test_grammar_names_resolve_to_settings():
+def test_grammar_names_resolve_to_settings(mirror):   # trim-<dataset> reads the dataset
     assert get_variant("prune-emb90").settings == {"method": "magnitude-prune", "scope": "emb", "sparsity": 0.9,
                                                    "granularity": "per-matrix"}
     assert get_variant("prune-all75-global").settings["granularity"] == "global"
@@ -174,7 +174,7 @@ def test_sharing_leaves_2_to_the_b_values_per_matrix(fp32):
     assert size["model_disk_bytes"] <= size["model_disk_bytes_no_entropy"] and "codes + codebook" in size["model_disk_format"]
 
 
-def test_deep_compression_prunes_then_shares_the_survivors():
+def test_deep_compression_prunes_then_shares_the_survivors(minilm):
     model, info = build("prune50-share4")
     for w in matrices(model, "all"):
         assert _zeros(w) == round(0.5 * w.numel())
@@ -212,7 +212,7 @@ def test_factorised_model_holds_the_factors_only(fp32):
 
 # ---------------------------------------------------------------------------- vocabulary trimming
 @pytest.fixture(scope="module")
-def trimmed():
+def trimmed(minilm):
     return build("trim-stsbenchmark")
 
 
@@ -259,7 +259,7 @@ def test_vocabulary_budget_keeps_the_most_frequent_tokens(trimmed):
 
 
 # ---------------------------------------------------------------------------- through the grid
-def test_a_pruned_encoder_runs_through_the_grid_with_its_size_columns(tmp_path):
+def test_a_pruned_encoder_runs_through_the_grid_with_its_size_columns(tmp_path, minilm):
     import embpress
     df = embpress.run(datasets=["stsbenchmark"], models=["minilm", "minilm@prune-emb90"], compressors=["F32"],
                       max_queries=30, progress=False, out_dir=tmp_path / "run")

@@ -20,8 +20,10 @@ from embpress import fitcache
 from embpress.cli import main
 from embpress.errors import EmbpressError
 from embpress.grid import RunConfig
-from embpress.results import read_cells
+from embpress.files import temporary_path
+from embpress.runfolder import read_cells
 from embpress.runner import run
+from embpress.tasks import task_of
 from embpress.validate import metric_problem
 
 SPECS = ["F32", "SQ8", "PCA8,SQ8", "BIN", "SQ4"]
@@ -70,6 +72,7 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_disk_full_when_writing_the_table_keeps_every_cell(done_run, tmp_path, capsys):
     """The disk fills up as results.parquet is written at the end: one line naming it, every cell
     kept in cells.jsonl, no torn table left; `show` reads the cells, `--resume` completes the run."""
@@ -78,7 +81,7 @@ def test_disk_full_when_writing_the_table_keeps_every_cell(done_run, tmp_path, c
     lines = (r / "cells.jsonl").read_text().splitlines()
     (r / "cells.jsonl").write_text("\n".join(lines[:2]) + "\n")          # killed after two cells
     (r / "results.parquet").unlink()
-    (r / f"results.parquet.{os.getpid()}.part").symlink_to("/dev/full")   # where the table is written
+    temporary_path(r / "results.parquet").symlink_to("/dev/full")   # where the table is written
     assert main(["run", "--resume", str(r), "--no-progress", "--no-report", "-q"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "results.parquet" in line and "No space left on device" in line
@@ -98,12 +101,13 @@ def test_fit_cache_disk_full_still_fits(tmp_path, monkeypatch, caplog):
     X = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
     path = fitcache.fit_cache_path(parse_spec("PCA8,SQ8"), X)
     path.parent.mkdir(parents=True)
-    fitcache._tmp(path, ".npz").symlink_to("/dev/full")
+    temporary_path(path).symlink_to("/dev/full")     # where the arrays are written first
     pipe, _, cached = fitcache.fit_pipeline(parse_spec("PCA8,SQ8"), X)
     assert not cached and pipe.encode(X).shape == (200, 8) and not path.exists()
     assert any("not cached" in r.message and "No space left" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_unwritable_results_folder_is_one_line(done_run, monkeypatch, capsys):
     folder, _, _ = done_run
     monkeypatch.setenv("EMBPRESS_RESULTS", "/sys/embpress-results")    # not writable, even for root
@@ -112,12 +116,14 @@ def test_unwritable_results_folder_is_one_line(done_run, monkeypatch, capsys):
     assert "/sys/embpress-results" in line and "kept" in line
 
 
+@pytest.mark.slow
 def test_unwritable_report_folder_is_one_line(done_run, capsys):
     _, run_a, _ = done_run
     assert main(["report", str(run_a), "--out", "/sys/embpress-report"]) == 2
     assert "/sys/embpress-report" in _one_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["running", "zero_byte_parquet", "torn_parquet"])
 def test_half_written_runs_are_read_from_cells_and_said_partial(damage, done_run, tmp_path, capsys):
     _, run_a, df_a = done_run
@@ -143,6 +149,7 @@ def test_half_written_runs_are_read_from_cells_and_said_partial(damage, done_run
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_compare_fails_when_b_lacks_cells_of_a(done_run, tmp_path, capsys):
     folder, run_a, _ = done_run
     fewer = tmp_path / "fewer"
@@ -190,9 +197,10 @@ def test_metric_ranges(row, problem):
     bad = {**base, **row}
     if "ndcg_at_10" in row:
         bad["quality"] = row["ndcg_at_10"]
-    found = metric_problem(bad)
+    required = task_of(row["task"]).required
+    found = metric_problem(bad, required)
     assert found is not None and problem in found, found
-    assert metric_problem(base) is None
+    assert metric_problem(base, required) is None
 
 
 def _server(behaviour: str):
@@ -215,6 +223,7 @@ def _server(behaviour: str):
     return srv, conns
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("behaviour", ["garbage", "silent"])
 def test_peer_that_is_not_a_scheduler_gives_up_in_time(behaviour):
     from embpress.scheduler import connect
@@ -251,6 +260,7 @@ def test_markdown_tables_escape_html():
     assert "<script>" not in text and "&lt;script&gt;" in text and "\\|" in text and "&amp;" in text
 
 
+@pytest.mark.slow
 def test_float32_baseline_of_zero_runs_to_the_end(tmp_path, capsys):
     """Every relevant document is the one least like its query: the float32 nDCG@10 is 0, so no
     retained % exists; the run finishes (it used to crash printing the cell) and says why."""

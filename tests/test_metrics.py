@@ -29,6 +29,7 @@ def test_retrieval_metrics_equal_pytrec_eval(spec, scifact_sample, corpus_vector
     assert 0 < ours["ndcg_at_10"].mean() < 100
 
 
+@pytest.mark.integration
 def test_graded_relevance_matches_pytrec_eval():
     ds = load_dataset("nfcorpus", max_queries=15)
     rng = np.random.default_rng(0)
@@ -59,6 +60,38 @@ def test_knn_recall_and_spearman():
 def test_metric_registry_knows_directions():
     assert METRICS["ndcg_at_10"].higher_is_better and not METRICS["bytes_per_vector"].higher_is_better
     assert not METRICS["fit_s"].higher_is_better and METRICS["search_qps"].higher_is_better
+
+
+def test_every_registered_metric_is_placed_labelled_and_bounded_by_the_registry():
+    """What a new registry entry gets without any other edit: its column in the results table
+    (in its kind's group), its label, and the impossible-result check of its bounds."""
+    from embpress.metrics import KINDS, label
+    from embpress.results import COLUMNS
+    from embpress.validate import metric_problem
+    positions = [COLUMNS.index(m) for m in METRICS]
+    assert all(COLUMNS.count(m) == 1 for m in METRICS)
+    kinds = [KINDS.index(METRICS[m].kind) for m in sorted(METRICS, key=COLUMNS.index)]
+    assert kinds == sorted(kinds), "the table groups the metrics by kind"
+    assert len(set(positions)) == len(METRICS)
+    labels = [label(m) for m in METRICS]
+    assert len(set(labels)) == len(labels) and all(labels) and label("n_train") == "n train"
+    for m in METRICS.values():
+        assert m.description and m.computed_by and m.kind in KINDS
+        lo, hi = m.bounds
+        for bad in ([lo - 1] if lo is not None else []) + ([hi + 1] if hi is not None else []):
+            problem = metric_problem({"status": "ok", "task": "none", m.name: bad})
+            assert problem is not None and problem.startswith(f"{m.name} = "), (m.name, problem)
+
+
+def test_console_table_headers_come_from_the_registry():
+    import pandas as pd
+    from embpress.metrics import console_columns
+    from embpress.results import format_table
+    df = pd.DataFrame([{"dataset": "d", "model": "m", "compressor": "SQ8", "status": "ok", "bytes_per_vector": 384,
+                        "ndcg_at_10": 61.25, "search_qps": 12345.0, "spearman": None}])
+    header = format_table(df).splitlines()[1].split()
+    assert header == ["compressor", "B/vec", "nDCG@10", "search", "q/s", "status"]
+    assert list(console_columns())[:2] == ["bytes_per_vector", "compression_ratio"]
 
 
 def test_exact_search_is_exact(corpus_vectors, query_vectors):

@@ -6,9 +6,12 @@ import pytest
 
 from embpress import embed as E
 from embpress.data import load_dataset
-from embpress.encoders import VARIANTS, agreement, footprint, variant_names, variant_profile
+from embpress.encoders import VARIANTS, agreement, footprint, variant_names
 from embpress.errors import EmbpressError
 from embpress.models import base_entry, load_encoder, model_info, resolve_model
+from embpress.profiles import variant_profile
+
+pytestmark = pytest.mark.integration   # the real model and its compressed variants
 
 TEXTS = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply.",
          "Vitamin D deficiency is associated with higher mortality in elderly patients."]

@@ -5,6 +5,8 @@ import pytest
 from embpress.errors import EmbpressError
 from embpress.models import load_encoder, model_info, resolve_model
 
+pytestmark = pytest.mark.integration   # the real models
+
 
 def test_registry_aliases():
     assert resolve_model("minilm").name == "all-MiniLM-L6-v2"

@@ -14,6 +14,8 @@ from embpress.errors import EmbpressError
 from embpress.grid import RunConfig
 from embpress.results import COLUMNS
 
+pytestmark = pytest.mark.integration   # mteb on the mirror's tasks and the real model
+
 SPECS = ["F32", "SQ8", "BIN", "PQ48x8"]
 #: SciFact: the quick grid's sample (its embeddings are shared with other tests); STSBenchmark:
 #: all 1,379 pairs. BIN's decoded vectors are ±1/√384, so many pairs have exactly the same
@@ -98,7 +100,7 @@ def _fitted(spec, calib):
 
 def test_result_cache_written_by_one_spec_is_not_reused_for_another(tmp_path):
     import mteb
-    from embpress.cells import calibration_digest
+    from embpress.fitcache import calibration_digest
     from embpress.embed import embed_dataset
     from embpress.mteb import CompressedModel, TextEncoder, load_task
     base = TextEncoder()

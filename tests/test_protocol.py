@@ -9,8 +9,10 @@ import pytest
 
 from compressors import SpecError, parse_spec
 from compressors.registry import stage_classes
-from embpress.cells import CellTask, Fits, _search_crossfit, _similarity_crossfit, _stored, fit_cell, fit_cache_path
+from embpress.cells import CellTask, fit_cell
+from embpress.fitcache import fit_cache_path
 from embpress.protocol import (DEPLOYMENT_VECTORS, amortised_bytes, fold_of, merge_topk, parse_calibration,
+                               search_folds, similarity_folds,
                                training_rows)
 
 LEARNED = ["SQ8", "PCA16", "PCA16,SQ8", "PCA16:whiten=1,SQ8", "PQ8x8", "OPQ8,PQ8x8", "RQ4x8", "LSQ4x4",
@@ -77,6 +79,7 @@ def test_merge_is_the_topk_by_score_over_all_folds():
     assert np.array_equal(merge_topk(parts[::-1], 10)[1], merged_i)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", LEARNED)
 def test_shifted_mean_folds_merge_on_one_scale(spec):
     """Two folds with different means get different fits; the merged top-k must be the top-k of
@@ -90,7 +93,7 @@ def test_shifted_mean_folds_merge_on_one_scale(spec):
     # each fold's pipeline is fitted on the *other* fold, whose mean differs
     pipes = [parse_spec(spec).fit(X[fold_ids != f]) for f in (0, 1)]
     Q = _unit(rng, 25, d) + 0.3 * shift
-    ids = _search_crossfit(Fits("crossfit:2", pipes, fold_ids), X, Q, 20)
+    ids = search_folds(pipes, fold_ids, X, Q, 20)
     decoded = np.empty_like(X)
     for f, pipe in enumerate(pipes):
         rows = fold_ids == f
@@ -121,6 +124,7 @@ def test_raw_int8_scores_are_put_in_inner_product_units():
     assert np.array_equal(binary.comparable_scores(Q, s), s.astype(np.float64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["PCA16,SQ8", "PQ8x8", "RQ4x8"])
 def test_a_folds_codes_are_those_of_a_fit_without_that_fold(spec, task_files):
     rng = np.random.default_rng(4)
@@ -174,16 +178,16 @@ def test_stages_that_say_they_learn_nothing_really_do_not():
 
 
 def test_sts_pairs_never_straddle_folds():
-    from embpress.cells import Context
+    from embpress.tasks import TaskData, task_of
     rng = np.random.default_rng(7)
     n = 500
-    ctx = Context("sts", {"sentences1": _unit(rng, n, 32), "sentences2": _unit(rng, n, 32)})
-    stored, ids = _stored(ctx)
+    ctx = TaskData("sts", {"sentences1": _unit(rng, n, 32), "sentences2": _unit(rng, n, 32)})
+    stored, ids = task_of("sts").stored_vectors(ctx.vectors), task_of("sts").stored_ids(ctx)
     folds = fold_of(ids, 3)
     assert len(stored) == 2 * n and np.array_equal(folds[:n], folds[n:])
     assert set(folds) == {0, 1, 2}
     pipes = [parse_spec("PCA16,SQ8").fit(stored[np.concatenate([folds[:n], folds[:n]]) != f]) for f in range(3)]
-    sim = _similarity_crossfit(Fits("crossfit:3", pipes, folds), stored, n)
+    sim = similarity_folds(pipes, folds, stored, n)
     for i in (0, 17, 499):
         p = pipes[folds[i]]
         want = p.pair_similarity(p.encode(stored[[i]]), p.encode(stored[[n + i]]))[0]
@@ -251,6 +255,7 @@ def test_grid_rows_carry_the_protocol_and_in_sample_reproduces_a_direct_fit(tmp_
     assert i.loc[("scifact", "PQ16x8"), "ndcg_at_10"] == pytest.approx(direct, abs=1e-9)
 
 
+@pytest.mark.integration
 def test_a_fold_too_small_for_the_codec_is_infeasible(tmp_path):
     df = _grid(tmp_path, "small", datasets=["scifact"], compressors=["PQ16x8", "SQ8"], max_docs=300)
     row = df.set_index("compressor").loc["PQ16x8"]

@@ -3,15 +3,11 @@ thresholds / asymmetric scoring / rescoring, top-k magnitude pruning and hybrid 
 Byte accounting, agreement with torch and sentence-transformers, fidelity, refusals, round trips."""
 import numpy as np
 import pytest
-import torch
 
 from compressors import SpecError, parse_spec
 from compressors.base import knn_inner_product
 
-try:
-    from sentence_transformers.util.quantization import quantize_embeddings
-except ImportError:  # older sentence-transformers
-    from sentence_transformers.quantization import quantize_embeddings
+from conftest import quantize_embeddings
 
 VARIANTS = ["BF16", "SQ8:score=raw", "SQ8:pct=1.0:score=raw", "BIN:threshold=median", "BIN:score=asym",
             "BIN:threshold=median:score=asym", "BIN:rescore=4", "BIN:rescore=10:rescore_with=SQ8",
@@ -76,10 +72,12 @@ def test_expected_sizes_and_overheads(corpus_vectors):
 
 # ---------------------------------------------------------------------------- bfloat16
 def _torch_bf16_bits(X):
+    import torch
     return torch.tensor(X).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
 def test_bf16_equals_torch_rounding(corpus_vectors):
+    import torch
     codec = parse_spec("BF16").fit(corpus_vectors).codec
     codes = codec.encode(corpus_vectors)
     np.testing.assert_array_equal(codes.view("<u2"), _torch_bf16_bits(corpus_vectors))

@@ -24,10 +24,10 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 import embpress
-import embpress.runner
+import embpress.grid
 from embpress.cli import main as cli_main
 from embpress.report import build_report
-from embpress.results import load_run
+from embpress.runfolder import load_run
 from embpress.stats import bootstrap_indices, paired_bootstrap, pareto_mask
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -172,7 +172,7 @@ def browser(tmp_path):
 
 # ---------------------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
-def quick_report():
+def quick_report(mirror):
     df = embpress.run(grid="quick", progress=False)
     run_dir = Path(df.attrs["run_dir"])
     return run_dir, build_report(run_dir)
@@ -273,6 +273,9 @@ def test_report_opens_in_headless_chromium(quick_report, browser):
                          " return t && t.classList.contains('visible') ? t.innerText : ''; })()")
     lines = [l.strip() for l in tip.splitlines() if l.strip()]
     assert lines[0] == "spec" and lines[1] in specs and "bytes per vector" in lines and "nDCG@10" in lines
+    rect = browser.js("(() => { const r = document.getElementById('vg-tooltip-element').getBoundingClientRect();"
+                      " return [r.top, r.bottom, r.left, r.right, innerHeight, innerWidth]; })()")
+    assert 0 <= rect[0] and rect[1] <= rect[4] and 0 <= rect[2] and rect[3] <= rect[5], rect   # all of it on screen
     # a click on a family in the legend fades that family's points and nothing else
     opacities = ("Array.from(document.querySelectorAll('#chart-quality g.mark-symbol')[0].querySelectorAll('path'),"
                  " p => Number(getComputedStyle(p).opacity))")
@@ -295,6 +298,8 @@ def test_filters_and_the_dataset_selector_change_the_visible_rows(quick_report, 
     browser.js("(() => { const i = document.getElementById('filter-text'); i.value = 'pq';"
                " i.dispatchEvent(new Event('input')); })()")
     assert _visible_rows(browser) == ["PQ16x8"]
+    assert browser.js("document.getElementById('filter-count').textContent") == \
+        f"1 of {(df.dataset == 'scifact').sum()} rows of scifact"
     browser.js("(() => { const i = document.getElementById('filter-text'); i.value = '';"
                " i.dispatchEvent(new Event('input')); const s = document.getElementById('dataset');"
                " s.value = 'stsbenchmark'; s.dispatchEvent(new Event('change')); })()")
@@ -319,6 +324,21 @@ def test_phone_width_has_no_horizontal_page_scroll(quick_report, browser):
     assert browser.js("[document.documentElement.scrollWidth, window.innerWidth]") == [390, 390]
     widths = browser.js("Array.from(document.querySelectorAll('.chart svg'), s => s.getBoundingClientRect().width)")
     assert len(widths) == 3 and all(300 < w <= 390 for w in widths), widths      # the charts resized
+    # a tooltip on a phone lies inside the screen, at the edge away from the point it describes
+    for where, by in (("start", -80), ("center", 0), ("end", 80)):   # a point near the top, middle, bottom
+        box = browser.js(f"(() => {{ const p = document.querySelector('#chart-quality g.mark-symbol path');"
+                         f" p.scrollIntoView({{block: '{where}'}}); window.scrollBy(0, {by});"
+                         " const r = p.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        browser.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=box[0], y=box[1] + 0.5)
+        tip = _wait(browser, "(() => { const t = document.getElementById('vg-tooltip-element');"
+                             " if (!t || !t.classList.contains('visible')) return null;"
+                             " const r = t.getBoundingClientRect();"
+                             " return [r.top, r.bottom, r.left, r.right, innerHeight, t.innerText]; })()")
+        top, bottom, left, right, height, text = tip
+        assert 0 <= top and bottom <= height and 0 <= left and right <= 390, tip
+        assert (bottom < box[1]) if box[1] > height / 2 else (top > box[1]), (tip, box)
+        assert text.split("\n")[0].strip() == "spec" and "bytes per vector" in text
+        browser.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=2, y=2)
     assert browser.errors() == []
 
 
@@ -332,14 +352,21 @@ def _winner_rows(html: str) -> list[dict]:
     return rows
 
 
+def _budgets(df: pd.DataFrame, run_dir: Path) -> list[int]:
+    """The budgets a winners table answers for: the grid's, else every size stored below float32."""
+    configured = {int(b) for b in df.budget.dropna()} | set(load_run(run_dir)[1]["config"].get("budgets") or [])
+    smaller = df[(df.status == "ok") & (df.compression_ratio > 1)]
+    return sorted(configured or {int(b) for b in smaller.bytes_per_vector})
+
+
 def test_winners_table_equals_a_recomputation_from_the_results(quick_report):
     run_dir, index = quick_report
     df = pd.read_parquet(run_dir / "results.parquet")
     ok = df[(df.status == "ok") & df.protocol.str.split(":").str[0].isin(["oblivious", "crossfit", "external"])]
     rows = _winner_rows(index.read_text())
     assert {r["dataset"] for r in rows} == {"scifact", "stsbenchmark"}
-    budgets = sorted({int(b) for b in df.budget.dropna()} | set(load_run(run_dir)[1]["config"].get("budgets") or []))
-    seen_line = {}
+    budgets = _budgets(df, run_dir)
+    seen_line, checked = {}, 0
     for r in rows:
         if "line90" in r.get("class", ""):
             seen_line[r["dataset"]] = True
@@ -355,6 +382,8 @@ def test_winners_table_equals_a_recomputation_from_the_results(quick_report):
             near = cand[(cand.retained_pct >= best.retained_pct - 1) & cand.search_qps.notna()]
             fast = near.sort_values("search_qps", ascending=False).compressor.iloc[0] if len(near) else ""
             assert fast == r["data-fast"]
+            checked += 1
+    assert checked >= 5
     html = index.read_text()
     assert seen_line.get("scifact") and "below here quality drops under 90 % of float32" in html
     # the interval shown beside a winner is the paired bootstrap of its per-query files
@@ -376,6 +405,117 @@ def test_run_wide_intervals_equal_one_bootstrap_per_cell(quick_report):
     assert set(ok.task) == {"retrieval", "sts"} and batch.notna().all().all()
     for i, row in ok.iterrows():
         assert tuple(batch.loc[i]) == pytest.approx(retained_ci(run_dir, row, n_boot=300, seed=4), rel=1e-9)
+
+
+def test_task_winners_are_the_best_mean_over_the_task_datasets(quick_report, tmp_path):
+    """Two retrieval datasets: the quick run's scifact rows and a second dataset made from them with
+    other qualities and speeds (test input). The task table's winner at each budget is the compressor
+    with the highest mean retained % over both, its fastest-within-a-point the highest geometric-mean
+    speed-up; it shows beside either dataset's table and not beside the STS one."""
+    run_dir, _ = quick_report
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    df = pd.read_parquet(copy / "results.parquet")
+    other = df[df.dataset == "scifact"].copy()
+    rng = np.random.default_rng(3)
+    other["dataset"], other["cell_id"] = "scifact-b", other["cell_id"] + "b"
+    other["retained_pct"] = other["retained_pct"] * rng.uniform(0.85, 1.0, len(other))
+    other.loc[other.compressor == "F32", "retained_pct"] = 100.0
+    other["search_qps"] = other["search_qps"] * rng.uniform(0.5, 2.0, len(other))
+    pd.concat([df, other], ignore_index=True).to_parquet(copy / "results.parquet")
+    html = build_report(copy, tmp_path / "rep").read_text()
+    rows = [r for r in _winner_rows(html) if r["dataset"].startswith("task-retrieval")]
+    assert rows and not [r for r in _winner_rows(html) if r["dataset"].startswith("task-sts")]
+    assert re.search(r"""<div data-in='\[&quot;scifact&quot;, &quot;scifact-b&quot;\]'><h3>retrieval over 2""", html)
+    both = pd.concat([df[df.dataset == "scifact"], other])
+    ok = both[(both.status == "ok") & both.protocol.str.split(":").str[0].isin(["oblivious", "crossfit", "external"])]
+    f32 = ok[ok.compressor == "F32"].set_index("dataset").search_qps
+    ok = ok.assign(speedup=ok.search_qps / ok.dataset.map(f32))
+    mean = ok.groupby("compressor").agg(b=("bytes_per_vector", "max"), kept=("retained_pct", "mean"),
+                                        su=("speedup", lambda s: float(np.exp(np.log(s).mean()))))
+    budgets, checked = _budgets(df, run_dir), 0
+    for r in rows:
+        if "data-compressor" not in r:
+            continue
+        for b in [b for b in budgets if int(r["data-budget"]) <= b <= int(r["data-budget-max"])]:
+            cand = mean[mean.b <= b].reset_index().sort_values(["kept", "b", "compressor"],
+                                                               ascending=[False, True, True])
+            best = cand.iloc[0]
+            assert (best.compressor, best.kept) == (r["data-compressor"], pytest.approx(float(r["data-retained"])))
+            near = cand[cand.kept >= best.kept - 1]
+            assert near.sort_values("su", ascending=False).compressor.iloc[0] == r["data-fast"]
+            checked += 1
+    assert checked >= 3
+
+
+def test_in_sample_chart_is_interactive(quick_report, tmp_path, browser):
+    """In-sample cells beside their cross-fitted twins (test input: the quick run's trained cells
+    copied as in-sample, 5 points better) are drawn as one interactive chart, dashed against solid,
+    with a tooltip; no static image of it in the page."""
+    run_dir, _ = quick_report
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    df = pd.read_parquet(copy / "results.parquet")
+    trained = df[(df.status == "ok") & df.protocol.str.startswith("crossfit") & (df.dataset == "scifact")].copy()
+    assert len(trained) >= 2
+    trained["protocol"], trained["cell_id"] = "in-sample", trained["cell_id"] + "i"
+    trained["retained_pct"] += 5
+    pd.concat([df, trained], ignore_index=True).to_parquet(copy / "results.parquet")
+    index = build_report(copy, tmp_path / "rep")
+    html = index.read_text()
+    assert "data:image/png" not in html and (tmp_path / "rep" / "figures" / "in_sample_vs_crossfit.svg").is_file()
+    browser.goto(index.as_uri())
+    _wait(browser, "document.getElementById('chart-insample').getAttribute('data-drawn') === 'scifact'")
+    dashes = browser.js("Array.from(document.querySelectorAll('#chart-insample g.mark-line path'),"
+                        " p => p.getAttribute('stroke-dasharray'))")
+    assert sorted(dashes) == ["1,0"] * len(trained) + ["5,3"] * len(trained), dashes   # solid, dashed: one per fit
+    symbols = "#chart-insample g.mark-symbol.role-mark path"
+    assert browser.js(f"document.querySelectorAll('{symbols}').length") == 2 * len(trained)
+    box = browser.js(f"(() => {{ const p = document.querySelector('{symbols}'); p.scrollIntoView({{block: 'center'}});"
+                     " const r = p.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    browser.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=box[0], y=box[1])
+    tip = _wait(browser, "(() => { const t = document.getElementById('vg-tooltip-element');"
+                         " return t && t.classList.contains('visible') ? t.innerText : ''; })()")
+    assert any(c in tip for c in trained.compressor) and ("in-sample" in tip or "crossfit" in tip)
+    browser.js("(() => { const s = document.getElementById('dataset'); s.value = 'stsbenchmark';"
+               " s.dispatchEvent(new Event('change')); })()")
+    assert browser.js("document.getElementById('chart-insample').closest('figure').hidden")   # no pairs there
+    assert browser.errors() == []
+
+
+def test_workers_store_the_interval_the_per_query_files_give(quick_report, tmp_path):
+    """Each ok cell's row carries the interval its worker computed as it finished; it equals
+    retained_ci from the saved per-query files (same resamples and seed), the report shows the stored
+    one, and a run from before the grid stored them gets the same intervals computed at build time."""
+    from embpress.report.analysis import intervals
+    from embpress.stats import retained_ci
+    run_dir, _ = quick_report
+    df = pd.read_parquet(run_dir / "results.parquet")
+    ok = df[df.status == "ok"]
+    assert set(ok.task) == {"retrieval", "sts"} and (ok.ci_resamples == 1000).all() and (ok.ci_seed == 0).all()
+    assert df.loc[df.status != "ok", "ci_low"].isna().all()
+    for _, row in ok.iterrows():
+        expected = retained_ci(run_dir, row, n_boot=int(row.ci_resamples), seed=int(row.ci_seed))
+        assert (row.ci_low, row.ci_high) == pytest.approx(expected, rel=1e-12), row.compressor
+        assert row.ci_low <= row.ci_high
+    assert (ok.ci_high - ok.ci_low > 0.5).sum() >= len(ok) // 2          # real intervals, not points
+    # the report uses the stored values: changed in a copy of the run, they are what prepare returns
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    marked = df.copy()
+    marked.loc[marked.status == "ok", ["ci_low", "ci_high"]] = [12.5, 13.5]
+    prepared = marked.copy()
+    intervals(prepared, copy)
+    assert (prepared.loc[prepared.status == "ok", ["ci_low", "ci_high"]] == [12.5, 13.5]).all().all()
+    # an older run without the columns: computed from the per-query files, the same numbers
+    old = df.drop(columns=["ci_low", "ci_high", "ci_resamples", "ci_seed"])
+    intervals(old, copy)
+    assert np.allclose(old[["ci_low", "ci_high"]].to_numpy(float), df[["ci_low", "ci_high"]].to_numpy(float),
+                       rtol=1e-12, equal_nan=True)
+    # another number of resamples than the stored one: recomputed, not reused
+    other = marked.copy()
+    intervals(other, copy, n_boot=200)
+    assert (other.loc[other.status == "ok", "ci_low"] != 12.5).all() and (other.ci_resamples.dropna() == 200).all()
 
 
 def test_numbers_have_three_significant_digits():
@@ -433,7 +573,7 @@ def _quick_vectors(minilm, name):
     """The quick grid's embeddings of a dataset sample (already cached by the quick run)."""
     from embpress.data import load_dataset
     from embpress.embed import embed_dataset
-    grid = embpress.runner.load_grid("quick")
+    grid = embpress.grid.load_grid("quick")
     ds = load_dataset(name, max_queries=grid.max_queries, max_docs=grid.max_docs)
     return ds, {k: np.asarray(v) for k, v in embed_dataset(minilm, ds, progress=False).items()}
 

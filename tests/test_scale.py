@@ -73,7 +73,7 @@ def test_scale_run_rows_report_and_refusals(tmp_path, scifact_sample, capsys):
     assert {"FAISS IndexBinaryFlat", "FAISS IndexScalarQuantizer 8bit", "float32 faiss.knn (IndexFlatIP's scan)",
             "float32 numpy matmul+argpartition"} <= set(refs.compressor)
     # every row's speed-up is against the fastest float32 row of its size, which has exactly 1
-    for n, g in df.groupby("n_vectors"):
+    for _, g in df.groupby("n_vectors"):
         floats = g[(g.compressor == "F32") | g.compressor.str.startswith("float32")]
         assert floats.speedup_p50.max() == pytest.approx(1.0)
         assert (g.latency_p50_ms > 0).all() and (g.latency_p99_ms >= g.latency_p50_ms).all()

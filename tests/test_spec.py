@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressors import parse_spec, stage_classes
-from compressors.base import Pipeline
+from compressors import Pipeline
 from compressors.registry import get_stage_class
 
 CANONICAL = ["F32", "F16", "SQ8", "SQ4:pct=0.5", "BIN", "PCA128", "PCA128,SQ8", "PQ16x8", "PQ8x4:seed=7",

@@ -155,7 +155,8 @@ class Speed:
         corpus = cache["data"]["corpus"]
         if spec not in _FITTED:
             blob = cache["fitted"].get(spec)
-            pipe = pickle.loads(blob) if blob is not None else _fit(spec, corpus)
+            # setup_cache's own result in this benchmark environment (asv pickles it anyway)
+            pipe = pickle.loads(blob) if blob is not None else _fit(spec, corpus)  # noqa: S301
             _FITTED[spec] = (pipe, pipe.encode(corpus))
         self.pipe, self.codes = _FITTED[spec]
         if not hasattr(self, "many"):

@@ -22,16 +22,16 @@ import numpy as np
 
 from compressors import SpecError, config_context, parse_spec
 
-from ..cells import calibration_digest, fit_pipeline, save_npz
 from ..data import load_dataset
+from ..vector_folders import load_npy
 from ..embed import embed_dataset
 from ..errors import EmbpressError
+from ..fitcache import calibration_digest, fit_pipeline
 from ..grid import cell_id
-from ..metrics import MAIN_METRIC
 from ..models import DEFAULT_MODEL
-from ..results import RunWriter, new_run_dir
-from ..protocol import parse_calibration
-from ..runner import _check_calibration, _safe
+from ..runfolder import RunFolder, RunWriter, new_run_dir
+from ..tasks import TASKS, task_of
+from ..protocol import check_calibration, parse_calibration
 from .models import CompressedModel, TextEncoder
 from .perquery import baseline_arrays, cell_arrays
 from .tasks import LoadedTask, load_task
@@ -61,7 +61,7 @@ class MtebConfig:
 def _check(cfg: MtebConfig) -> None:
     if not cfg.tasks or not cfg.compressors:
         raise EmbpressError("give at least one task (-t) and one compressor spec (-c)")
-    _check_calibration(cfg.calibration)
+    check_calibration(cfg.calibration)
     if parse_calibration(cfg.calibration).kind == "crossfit":
         raise EmbpressError(f"--calibration {cfg.calibration}: embpress mteb fits one model per spec, and the "
                             "grid's cross-fitting (crossfit:K, sample:N from the other folds) has no single-model "
@@ -75,17 +75,9 @@ def _task_vectors(lt: LoadedTask, base: TextEncoder, cfg: MtebConfig, progress: 
     if lt.ds is None:
         return {}
     vecs = embed_dataset(base.info, lt.ds, batch_size=cfg.batch_size, progress=progress)
-    if lt.kind == "retrieval":
-        base.remember(lt.ds.corpus_texts, vecs["corpus"])
-        base.remember(lt.ds.query_texts, vecs["queries"])
-    else:
-        base.remember(lt.ds.sentences1, vecs["sentences1"])
-        base.remember(lt.ds.sentences2, vecs["sentences2"])
+    for part, (texts, _) in task_of(lt.ds.task).parts(lt.ds).items():
+        base.remember(texts, vecs[part])
     return vecs
-
-
-def _stored(vecs: dict[str, np.ndarray]) -> np.ndarray:
-    return vecs["corpus"] if "corpus" in vecs else np.concatenate([vecs["sentences1"], vecs["sentences2"]])
 
 
 def calibration_vectors(cal: str, lt: LoadedTask, vecs: dict[str, np.ndarray], base: TextEncoder,
@@ -95,19 +87,22 @@ def calibration_vectors(cal: str, lt: LoadedTask, vecs: dict[str, np.ndarray], b
         if not vecs:
             raise EmbpressError(f"MTEB task {lt.name!r} is not in embpress's mirror, so it has no corpus to "
                                 f"calibrate on: give --calibration dataset:NAME or file:PATH.npy")
-        return np.ascontiguousarray(_stored(vecs), dtype=np.float32), "corpus" if lt.kind == "retrieval" else "pairs"
+        task = task_of(lt.ds.task)
+        return np.ascontiguousarray(task.stored_vectors(vecs), dtype=np.float32), task.stored
     if cal.startswith("file:"):
-        from ..data import _load_npy
-        return np.ascontiguousarray(_load_npy(Path(cal[5:])), dtype=np.float32), cal
-    parts = [_stored(embed_dataset(base.info, load_dataset(name), batch_size=cfg.batch_size, progress=False))
-             for name in cal[8:].split("+")]
+        return np.ascontiguousarray(load_npy(Path(cal[5:])), dtype=np.float32), cal
+    parts = []
+    for name in cal[8:].split("+"):
+        ds = load_dataset(name)
+        vecs = embed_dataset(base.info, ds, batch_size=cfg.batch_size, progress=False)
+        parts.append(task_of(ds.task).stored_vectors(vecs))
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), cal
 
 
 def _evaluate(model, lt: LoadedTask, run_dir: Path, pred_dir: Path, cfg: MtebConfig) -> tuple[dict, float]:
     import mteb
     t0 = time.perf_counter()
-    res = mteb.evaluate(model, lt.task, cache=mteb.ResultCache(run_dir / "mteb"), prediction_folder=pred_dir,
+    res = mteb.evaluate(model, lt.task, cache=mteb.ResultCache(RunFolder(run_dir).mteb), prediction_folder=pred_dir,
                         overwrite_strategy="always", show_progress_bar=False,
                         encode_kwargs={"batch_size": cfg.batch_size, "show_progress_bar": False})
     if res.exceptions:
@@ -117,14 +112,13 @@ def _evaluate(model, lt: LoadedTask, run_dir: Path, pred_dir: Path, cfg: MtebCon
 
 
 def _quality(row: dict[str, Any], scores: dict, lt: LoadedTask) -> None:
-    """mteb's scores (fractions) as the grid's columns (×100)."""
-    if lt.kind == "retrieval":
-        for col in ("ndcg_at_10", "recall_at_100", "mrr_at_10"):
-            row[col] = 100 * float(scores[col])
-    elif lt.kind == "sts":
-        row["spearman"] = 100 * float(scores["cosine_spearman"])
+    """mteb's scores (fractions) as the grid's columns (×100); a task type embpress does not have
+    keeps mteb's main score only."""
+    task = TASKS.get(lt.kind)
+    for col, key in (task.mteb_scores if task is not None else {}).items():
+        row[col] = 100 * float(scores[key])
     row["mteb_main_score"] = 100 * float(scores["main_score"])
-    main = MAIN_METRIC.get(lt.kind)
+    main = task.main_metric if task is not None else None
     row.update(main_metric=main or "mteb_main_score", quality=row[main or "mteb_main_score"])
 
 
@@ -149,7 +143,7 @@ def spec_row(spec: str, lt: LoadedTask, base: TextEncoder, calib: np.ndarray, ca
                bytes_per_vector=pipe.bytes_per_vector(dim), overhead_bytes=int(pipe.overhead_bytes),
                mteb_experiment=model.mteb_model_meta.experiment_name)
     row["compression_ratio"] = 4 * dim / row["bytes_per_vector"]
-    pred_dir = run_dir / "mteb" / "predictions" / _safe(spec)
+    pred_dir = RunFolder(run_dir).mteb_predictions(spec)
     with config_context(assume_finite=True):   # embeddings were checked where they entered
         scores, row["eval_s"] = _evaluate(model, lt, run_dir, pred_dir, cfg)
     t = model.index_backend.timing
@@ -172,7 +166,7 @@ def wrapper_row(label: str, dtype: str, bits: int, lt: LoadedTask, base: TextEnc
     row.update(family="mteb CompressionWrapper", calibration="per encode() call", out_dim=dim,
                bytes_per_vector=dim * bits // 8, compression_ratio=32 / bits, n_train=None,
                mteb_experiment=model.mteb_model_meta.experiment_name)
-    pred_dir = run_dir / "mteb" / "predictions" / _safe(label)
+    pred_dir = RunFolder(run_dir).mteb_predictions(label)
     scores, row["eval_s"] = _evaluate(model, lt, run_dir, pred_dir, cfg)
     _quality(row, scores, lt)
     return row, pred_dir
@@ -212,19 +206,17 @@ def _against_baseline(row: dict[str, Any], pred_dir: Path | None, lt: LoadedTask
     """retained_pct, kNN recall and the per-query files (for the report and compare) of one row."""
     if row["status"] != "ok":
         return
-    per_query_dir = writer.dir / "per_query"
     if row["compressor"] == BASELINE and "quality" not in ref:
         ref["quality"] = row["quality"]
         baseline = {row["main_metric"]: row["quality"]}
         writer.meta.setdefault("baselines", {})[f"{row['model']}|{lt.label}"] = baseline
         if lt.ds is not None:
             ref["arrays"] = baseline_arrays(lt, pred_dir)
-            save_npz(per_query_dir / f"baseline__{_safe(row['model'])}__{_safe(lt.label)}.npz", ref["arrays"],
-                     baseline=baseline)
+            writer.save_baseline(row["model"], lt.label, ref["arrays"], baseline)
     if "arrays" in ref:
         per_query, extra = cell_arrays(lt, pred_dir, ref["arrays"])
         row.update(extra)
-        save_npz(per_query_dir / f"{row['cell_id']}.npz", per_query)
+        writer.save_cell_arrays(row["cell_id"], per_query)
     if ref.get("quality"):
         row.update(baseline_quality=ref["quality"], retained_pct=100 * row["quality"] / ref["quality"])
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import knn_recall, retrieval_scores
+from ..tasks import task_of
 
 K = 100   # the grid's search depth (kNN recall@100, Recall@100)
 
@@ -37,7 +38,7 @@ def _rankings(lt, pred_dir: Path) -> tuple[list[list[str]], np.ndarray]:
 
 def baseline_arrays(lt, pred_dir: Path) -> dict[str, np.ndarray]:
     """The float32 row's arrays in the layout of the grid's ground truth (``cells.ground_truth``)."""
-    if lt.kind != "retrieval":
+    if not task_of(lt.kind).searches:
         return {"similarity": np.asarray(_predictions(lt, pred_dir)["cosine_scores"], dtype=np.float64),
                 "gold": np.asarray(lt.ds.scores, dtype=np.float64)}
     ranked, ids = _rankings(lt, pred_dir)
@@ -48,7 +49,7 @@ def baseline_arrays(lt, pred_dir: Path) -> dict[str, np.ndarray]:
 
 def cell_arrays(lt, pred_dir: Path, baseline: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
     """(per-query arrays, row columns computed from them: kNN recall against the float32 ranking)."""
-    if lt.kind != "retrieval":
+    if not task_of(lt.kind).searches:
         return {"similarity": np.asarray(_predictions(lt, pred_dir)["cosine_scores"], dtype=np.float64)}, {}
     ranked, ids = _rankings(lt, pred_dir)
     arrays = {"top10": ids[:, :10], **retrieval_scores(ranked, lt.ds.query_ids, lt.ds.qrels)}

@@ -10,11 +10,10 @@ import pandas as pd
 
 from .. import settings
 from ..errors import EmbpressError
-from ..metrics import MAIN_METRIC
 from ..protocol import out_of_sample
-from ..stats import pareto_mask, retained_cis
+from ..stats import N_BOOT, SEED, pareto_mask, retained_cis
+from ..tasks import main_metrics
 
-N_BOOT = 1000
 #: A winner keeping less than this (retained % of float32) is below the report's quality line.
 QUALITY_LINE = 90.0
 #: "Fastest within this many points of retained % of the best".
@@ -93,12 +92,10 @@ def prepare(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> pd.DataFra
     df["group"] = [group_of(f) for f in df["family"]]
     multi_model = df["model"].nunique() > 1
     df["panel"] = df["dataset"].astype(str) + (" · " + df["model"].astype(str) if multi_model else "")
-    missing_main = df["main_metric"].isna() & df["task"].isin(list(MAIN_METRIC))
-    df.loc[missing_main, "main_metric"] = df.loc[missing_main, "task"].map(MAIN_METRIC)
-    ok = df[(df.status == "ok") & df["cell_id"].notna()]
-    cis = retained_cis(run_dir, ok, n_boot=n_boot) if len(ok) else pd.DataFrame(columns=["ci_low", "ci_high"])
-    df["ci_low"] = cis["ci_low"].reindex(df.index)
-    df["ci_high"] = cis["ci_high"].reindex(df.index)
+    main = main_metrics()
+    missing_main = df["main_metric"].isna() & df["task"].isin(list(main))
+    df.loc[missing_main, "main_metric"] = df.loc[missing_main, "task"].map(main)
+    intervals(df, run_dir, n_boot)
     df["vs_f32"] = ""
     has = df["ci_low"].notna()
     df.loc[has, "vs_f32"] = np.where(df.loc[has, "ci_high"] < 100, "lower",
@@ -113,6 +110,21 @@ def prepare(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> pd.DataFra
         f32 = df[(df.compressor == "F32") & (df.status == "ok") & qps.notna()].groupby("panel")["search_qps"].first()
         df["speedup"] = qps / df["panel"].map(f32).astype(float)
     return df
+
+
+def intervals(df: pd.DataFrame, run_dir: Path, n_boot: int = N_BOOT) -> None:
+    """``ci_low``/``ci_high`` of every ok row: the interval its worker stored as the cell finished
+    (with these resamples and seed), else one computed here from the per-query files (runs from
+    before the grid stored them, or another ``n_boot``)."""
+    for col in ("ci_low", "ci_high", "ci_resamples", "ci_seed"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
+    stored = (df.ci_resamples == n_boot) & (df.ci_seed == SEED) & df.ci_low.notna()
+    todo = df[(df.status == "ok") & df["cell_id"].notna() & ~stored]
+    df.loc[~stored, ["ci_low", "ci_high"]] = np.nan
+    if len(todo):
+        cis = retained_cis(run_dir, todo, n_boot=n_boot, seed=SEED)
+        df.loc[todo.index, ["ci_low", "ci_high"]] = cis[["ci_low", "ci_high"]].to_numpy()
+        df.loc[todo.index, ["ci_resamples", "ci_seed"]] = [n_boot, SEED]
 
 
 def budgets_of(df: pd.DataFrame, meta: dict) -> list[int]:
@@ -166,6 +178,52 @@ def best_per_budget(df: pd.DataFrame, budgets: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def task_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task) with two datasets or more: every out-of-sample compressor that ran on all of
+    them, with its mean retained % and the per-dataset spread (``retained_min``, ``retained_max``),
+    the geometric mean of its search speed-ups, its mean fit seconds and the datasets' names."""
+    ok = df[(df.status == "ok") & df.retained_pct.notna() & df.bytes_per_vector.notna() & out_of_sample(df)]
+    out = []
+    for (model, task), g in ok.groupby(["model", "task"], sort=False):
+        names = list(dict.fromkeys(g["dataset"]))
+        if len(names) < 2:
+            continue
+        su = pd.to_numeric(g.get("speedup", np.nan), errors="coerce")
+        g = g.assign(log_su=np.log(su.where(su > 0)), protocol=g.get("protocol", ""), fit_s=g.get("fit_s", np.nan))
+        agg = g.groupby(["compressor", "protocol"], sort=False, dropna=False).agg(
+            group=("group", "first"), bytes_per_vector=("bytes_per_vector", "max"),
+            retained_pct=("retained_pct", "mean"), retained_min=("retained_pct", "min"),
+            retained_max=("retained_pct", "max"), log_su=("log_su", "mean"), timed=("log_su", "count"),
+            fit_s=("fit_s", "mean"), n=("dataset", "nunique")).reset_index()
+        agg = agg[agg.n == len(names)]
+        agg["speedup"] = np.exp(agg["log_su"]).where(agg["timed"] == len(names))
+        out.append(agg.drop(columns=["log_su", "timed", "n"]).assign(model=model, task=task, datasets=", ".join(names)))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def task_best(means: pd.DataFrame, budgets: list[int]) -> pd.DataFrame:
+    """For each (model, task) of :func:`task_means` and each budget: the compressor with the highest
+    mean retained % within the budget and the one with the highest mean speed-up within one point of
+    it (``fast_*``), as :func:`best_per_budget` does for one dataset."""
+    rows = []
+    for (model, task), g in means.groupby(["model", "task"], sort=False) if len(means) else []:
+        for b in budgets:
+            cand = g[g.bytes_per_vector <= b]
+            row = {"budget": b, "model": model, "task": task, "datasets": g["datasets"].iloc[0]}
+            if len(cand):
+                best = _best(cand)
+                row.update({k: best.get(k) for k in ("compressor", "group", "bytes_per_vector", "retained_pct",
+                                                     "retained_min", "retained_max", "speedup", "fit_s")})
+                near = cand[(cand.retained_pct >= best.retained_pct - WITHIN_POINTS) & cand.speedup.notna()]
+                if len(near):
+                    fast = near.sort_values(["speedup", "retained_pct", "bytes_per_vector", "compressor"],
+                                            ascending=[False, False, True, True]).iloc[0]
+                    row.update({f"fast_{k}": fast.get(k) for k in ("compressor", "group", "bytes_per_vector",
+                                                                    "retained_pct", "speedup")})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def winner_rows(best: pd.DataFrame) -> pd.DataFrame:
     """The per-budget winners of one panel, largest budget first, consecutive budgets with the same
     winner and the same fastest-within-a-point merged into one row (``budget`` .. ``budget_max``)."""
@@ -206,13 +264,27 @@ def speed_basis(df: pd.DataFrame, panel: str) -> str:
         return "No search timings for this dataset (similarity pairs are scored, not searched)."
     n_vec = pd.to_numeric(timed["n_vectors"], errors="coerce").max() if "n_vectors" in timed else np.nan
     n_q = pd.to_numeric(timed["n_queries"], errors="coerce").max() if "n_queries" in timed else np.nan
-    kernels = sorted({str(k) for k in timed["search_kernel"].dropna()}) if "search_kernel" in timed else []
     text = (f"Speed measured on {n_vec:,.0f} vectors" if pd.notna(n_vec) else "Speed measured on the grid's corpus") + \
-        (f" × {n_q:,.0f} queries" if pd.notna(n_q) else "") + " by the grid itself (exact scan of the codes"
-    text += f"; kernels: {', '.join(kernels)})" if kernels else ")"
+        (f" × {n_q:,.0f} queries" if pd.notna(n_q) else "") + " by the grid itself (exact scan of the codes; " \
+        "each cell's search kernel is in the results table)"
+    text += timing_words(timed)
     if f32.empty or pd.isna(pd.to_numeric(f32.get("search_qps"), errors="coerce")).all():
         text += "; no float32 timing, so no speed-up"
     return text + "."
+
+
+def timing_words(timed: pd.DataFrame) -> str:
+    """How the times were taken: alone by the timing pass, or beside other workers (indicative)."""
+    modes = set(timed["timing"].dropna()) if "timing" in timed else set()
+    if modes == {"isolated"}:
+        threads = pd.to_numeric(timed.get("timing_threads"), errors="coerce").max()
+        repeats = pd.to_numeric(timed.get("timing_repeats"), errors="coerce").max()
+        from ..timing import TimingConfig
+        return (f", each cell timed alone after the grid on {threads:.0f} thread(s), medians of {repeats:.0f} "
+                f"(batch throughput over up to {TimingConfig().batch_queries} queries)")
+    if "indicative" in modes or not modes:
+        return ", timed inside the grid's workers beside each other (indicative: run without --no-timing for isolated times)"
+    return ", some cells timed alone, others beside other workers"
 
 
 def calibration_words(cal) -> str:

@@ -1,7 +1,7 @@
 """The page's style sheet and script (inlined in every report)."""
 
 CSS = """
-*{box-sizing:border-box}
+*{box-sizing:border-box}html{scroll-padding-top:52px}
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1b1f24;background:#fff;
 overflow-wrap:anywhere}
 .bar{position:sticky;top:0;z-index:10;background:#fffffff0;border-bottom:1px solid #d0d7de;padding:6px 24px;
@@ -39,11 +39,23 @@ figcaption{font-size:12.5px;color:#57606a}
 .filters input,.filters select{font:inherit;padding:2px 4px;max-width:100%}
 dl.prov,dl.glossary{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0}
 dl.prov dt,dl.glossary dt{font-weight:600}dl.prov dd,dl.glossary dd{margin:0}
-details{margin:6px 0}summary{cursor:pointer;font-weight:600}ul.files{columns:3;font-size:12px}
-@media (max-width:700px){main{padding:6px 10px 40px}.bar{padding:6px 10px}
+body #vg-tooltip-element{max-width:min(640px,calc(100vw - 8px));font-size:11.5px;padding:6px 8px}
+body #vg-tooltip-element table{display:grid;grid-template-columns:auto minmax(0,auto) auto minmax(0,auto);
+column-gap:6px}
+body #vg-tooltip-element table tbody,body #vg-tooltip-element table tr{display:contents}
+body #vg-tooltip-element table tr td{padding:1px 0;max-width:220px}
+body #vg-tooltip-element table tr td.value{max-height:none;white-space:normal;overflow-wrap:anywhere}
+body #vg-tooltip-element table tr:first-child td.value{grid-column:2/-1;font-weight:600;max-width:none}
+details{margin:6px 0}summary{cursor:pointer;font-weight:600}details.protocol summary{font-weight:500}ul.files{columns:3;font-size:12px}
+@media (max-width:700px){main{padding:6px 10px 40px}.bar{padding:6px 10px;flex-wrap:nowrap}
+.bar nav{overflow-x:auto;white-space:nowrap;flex:1;min-width:0}
 dl.prov,dl.glossary{grid-template-columns:1fr}dl.prov dd,dl.glossary dd{margin:0 0 6px}ul.files{columns:1}
 .chart{min-height:460px}#results-table td:first-child{min-width:110px;max-width:40vw;font-size:11.5px}
-#vg-tooltip-element.visible{left:4px!important;max-width:calc(100vw - 8px);font-size:10.5px}}
+body #vg-tooltip-element.visible{left:0!important;right:0;width:100vw;max-width:none;max-height:42vh;
+overflow:auto;border-radius:0;font-size:10.5px;line-height:1.25;padding:4px 6px;box-shadow:0 0 8px #0003}
+body #vg-tooltip-element.dock-top{top:0!important;bottom:auto!important}
+body #vg-tooltip-element.dock-bottom{top:auto!important;bottom:0!important}
+body #vg-tooltip-element table tr td{max-width:none;white-space:normal}}
 """
 
 JS = r"""
@@ -65,14 +77,16 @@ JS = r"""
   function filterRows() {
     var table = document.getElementById('results-table');
     if (!table) { return; }
-    var t = (text.value || '').toLowerCase(), f = fam.value, b = bud.value, ds = sel.value, shown = 0;
+    var t = (text.value || '').toLowerCase(), f = fam.value, b = bud.value, ds = sel.value, shown = 0, all = 0;
     Array.prototype.forEach.call(table.tBodies[0].rows, function (r) {
-      var ok = r.getAttribute('data-ds') === ds && (!f || r.getAttribute('data-group') === f) &&
+      var here = r.getAttribute('data-ds') === ds;
+      var ok = here && (!f || r.getAttribute('data-group') === f) &&
                (!b || r.getAttribute('data-budget') === b) && (!t || r.textContent.toLowerCase().indexOf(t) >= 0);
       r.hidden = !ok;
       if (ok) { shown++; }
+      if (here) { all++; }
     });
-    count.textContent = shown + ' of ' + table.tBodies[0].rows.length + ' rows';
+    count.textContent = shown + ' of ' + all + ' rows of ' + ds;
     hideEmptyColumns(table);
   }
   var specsEl = document.getElementById('specs');
@@ -108,9 +122,23 @@ JS = r"""
   }
   function applyDataset() {
     each('[data-ds]', function (el) { if (el.tagName !== 'TR') { el.hidden = el.getAttribute('data-ds') !== sel.value; } });
+    each('[data-in]', function (el) { el.hidden = JSON.parse(el.getAttribute('data-in')).indexOf(sel.value) < 0; });
     filterRows();
     drawCharts();
   }
+  // a phone: the tooltip docks at the screen's edge away from the finger, never over the point (set
+  // again once Vega's handler, which runs after this listener, has created or moved the tooltip)
+  var pointerY = 0;
+  function dock() {
+    var tip = document.getElementById('vg-tooltip-element');
+    if (!tip) { return; }
+    var low = pointerY > window.innerHeight / 2;
+    tip.classList.toggle('dock-top', low);
+    tip.classList.toggle('dock-bottom', !low);
+  }
+  ['pointermove', 'pointerdown'].forEach(function (t) {
+    document.addEventListener(t, function (ev) { pointerY = ev.clientY; dock(); setTimeout(dock, 0); }, true);
+  });
   if (sel) { sel.addEventListener('change', applyDataset); }
   [text, fam, bud].forEach(function (el) { if (el) { el.addEventListener('input', filterRows); } });
   each('table.sortable', function (table) {

@@ -3,7 +3,6 @@ first (per-budget winners with speed and fit time), then interactive charts, the
 per-query loss, the glossary, and the settings and provenance collapsed at the end."""
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -15,10 +14,12 @@ from .. import settings
 from ..errors import EmbpressError
 from ..metrics import METRICS
 from ..protocol import describe as protocol_text
-from ..results import COLUMNS, load_run
+from ..files import write_text
+from ..results import COLUMNS
+from ..runfolder import load_run
 from . import figures
 from .analysis import (GROUPS, N_BOOT, QUALITY_LINE, WITHIN_POINTS, best_per_budget, budgets_of, overall_frontier,
-                       prepare, resolve_run, speed_basis, winner_rows)
+                       prepare, resolve_run, speed_basis, task_best, task_means, winner_rows)
 from .html import e, num, render, slug, swatch, table, write_table_files
 
 log = logging.getLogger("embpress")
@@ -40,66 +41,104 @@ class Page:
 
 
 # ---------------------------------------------------------------------------- the answer
-def _speed_cells(r: dict, has_latency: bool) -> list[tuple[str, str, str]]:
-    su, qps, lat = r.get("speedup"), r.get("search_qps"), r.get("latency_p50_ms")
+def _speed_cells(r: dict, third: str | None) -> list[tuple[str, str, str]]:
+    """Speed-up, then latency p50 (``third="latency_p50_ms"``), queries/s or nothing."""
+    su = r.get("speedup")
     out = [(f"{num(su)}×" if pd.notna(su) else "—", "" if pd.isna(su) else f"{su:.6g}", "")]
-    if has_latency:
-        out.append((num(lat) if pd.notna(lat) else "—", "" if pd.isna(lat) else f"{lat:.6g}", ""))
-    else:
-        out.append((num(qps) if pd.notna(qps) else "—", "" if pd.isna(qps) else f"{qps:.6g}", ""))
+    if third:
+        v = r.get(third)
+        out.append((num(v) if pd.notna(v) else "—", "" if pd.isna(v) else f"{v:.6g}", ""))
     return out
 
 
-def _winner_row(r: dict, has_latency: bool) -> tuple[str, str, list]:
+def _winner_row(r: dict, third: str | None) -> tuple[str, str, list]:
+    """One row of a winners table; a per-dataset row shows its 95 % interval in brackets, a
+    per-task row (``retained_min``) the range of retained % over the datasets."""
     lo, hi = r.get("budget"), r.get("budget_max")
     span = f"≤ {lo} B" if lo == hi else f"{lo}–{hi} B"
     if pd.isna(r.get("compressor")):
         return (f' data-budget="{lo}" data-budget-max="{hi}"', "", [(span, str(lo), "")] + [("nothing fits", "", "t")])
-    ci = f" [{num(r['ci_low'])}–{num(r['ci_high'])}]" if pd.notna(r.get("ci_low")) else ""
+    lo_hi = ("retained_min", "retained_max") if "retained_min" in r else ("ci_low", "ci_high")
+    ci = f" [{num(r[lo_hi[0]])}–{num(r[lo_hi[1]])}]" if pd.notna(r.get(lo_hi[0])) else ""
     same = ' <span class="sig" title="not significantly different from float32">≈</span>' if r.get("vs_f32") == "≈" else ""
     cells = [(span, str(lo), ""), (f"{swatch(r['group'])}<b>{e(str(r['compressor']))}</b>", str(r["compressor"]), "t"),
              (num(r["bytes_per_vector"]), f"{r['bytes_per_vector']:.6g}", ""),
              (f"{num(r['retained_pct'])} %{ci}{same}", f"{r['retained_pct']:.6g}", "")]
-    cells += _speed_cells(r, has_latency)
+    cells += _speed_cells(r, third)
     cells.append((num(r.get("fit_s")) if pd.notna(r.get("fit_s")) else "—", "", ""))
-    fast = r.get("fast_compressor")
-    if isinstance(fast, str) and fast != r["compressor"]:
+    fast = r.get("fast_compressor") if isinstance(r.get("fast_compressor"), str) else None   # NaN: no timings
+    if fast and fast != r["compressor"]:
         su = r.get("fast_speedup")
         cells.append((f"{swatch(r['fast_group'])}{e(fast)}: {num(r['fast_retained_pct'])} %, "
                       f"{num(su) + '× ' if pd.notna(su) else ''}{num(r['fast_bytes_per_vector'])} B", fast, "t"))
     else:
-        cells.append(("the same" if isinstance(fast, str) else "—", str(fast or ""), "t"))
+        cells.append(("the same" if fast else "—", fast or "", "t"))
     attrs = (f' data-budget="{lo}" data-budget-max="{hi}" data-compressor="{e(str(r["compressor"]))}" '
-             f'data-retained="{r["retained_pct"]!r}" data-fast="{e(str(fast or ""))}"')
+             f'data-retained="{r["retained_pct"]!r}" data-fast="{e(fast or "")}"')
     return attrs, ("below" if r["retained_pct"] < QUALITY_LINE else ""), cells
+
+
+def _winners_html(tid: str, best: pd.DataFrame, headers: list[tuple[str, str]], third: str | None) -> str:
+    body, line_done = [], False
+    for r in winner_rows(best).to_dict("records"):
+        attrs, cls, cells = _winner_row(r, third)
+        if not line_done and cls == "below":
+            body.append(("", "line90", [(f"below here quality drops under {QUALITY_LINE:.0f} % of float32", "", "")]))
+            line_done = True
+        body.append((attrs, cls, cells))
+    html = table(tid, headers, body, cls="winners")
+    return html.replace('<td data-v="">below here', f'<td colspan="{len(headers)}" data-v="">below here')
+
+
+_FIT = ("fit s", "seconds to fit on the calibration vectors")
+_FAST = (f"fastest within {WITHIN_POINTS:g} point",
+         f"the compressor with the most queries/s within {WITHIN_POINTS:g} point of the best quality at this budget")
 
 
 def winners_table(df: pd.DataFrame, best: pd.DataFrame, panel: str) -> str:
     has_latency = "latency_p50_ms" in df and df["latency_p50_ms"].notna().any()
-    rows = winner_rows(best[best.panel == panel])
     headers = [("budget", "bytes per vector at most"), ("best compressor", "most quality kept, out-of-sample cells"),
                ("B used", "bytes per vector it stores"),
                ("quality kept", "main metric as % of float32 [95 % paired-bootstrap interval]; ≈: not significantly "
                                 "different from float32"),
                ("search speed-up", "queries/s vs float32's, same dataset"),
                ("latency p50 ms" if has_latency else "search q/s", "per query" if has_latency else "queries per second"),
-               ("fit s", "seconds to fit on the calibration vectors"),
-               (f"fastest within {WITHIN_POINTS:g} point", f"the cell with the most queries/s whose quality is within "
-                f"{WITHIN_POINTS:g} point of the best at this budget")]
-    body, line_done = [], False
-    for r in rows.to_dict("records"):
-        attrs, cls, cells = _winner_row(r, has_latency)
-        if not line_done and cls == "below":
-            body.append(("", "line90", [(f"below here quality drops under {QUALITY_LINE:.0f} % of float32", "", "")]))
-            line_done = True
-        body.append((attrs, cls, cells))
-    html = table(f"winners-{slug(panel)}", headers, body, cls="winners")
-    return html.replace('<td data-v="">below here', f'<td colspan="{len(headers)}" data-v="">below here')
+               _FIT, _FAST]
+    return _winners_html(f"winners-{slug(panel)}", best[best.panel == panel], headers,
+                         "latency_p50_ms" if has_latency else "search_qps")
+
+
+def task_tables(page: Page, df: pd.DataFrame, budgets: list[int]) -> None:
+    """Per task type with two datasets or more: the winners by mean retained % over its datasets,
+    shown beside each of those datasets' own table."""
+    best = task_best(task_means(df), budgets)
+    if best.empty:
+        return
+    best.to_csv(page.out / "tables" / "best_per_budget_by_task.csv", index=False)
+    page.files.append("tables/best_per_budget_by_task.csv")
+    headers = [("budget", "bytes per vector at most"),
+               ("best compressor", "highest mean quality kept over the datasets, out-of-sample cells that ran on all"),
+               ("B used", "bytes per vector it stores"),
+               ("mean quality kept", "mean over the datasets of the main metric as % of float32 [lowest, highest]"),
+               ("search speed-up", "geometric mean over the datasets of queries/s vs float32's"), _FIT, _FAST]
+    for (model, task), g in best.groupby(["model", "task"], sort=False):
+        names = g["datasets"].iloc[0].split(", ")
+        panels = sorted(set(df.loc[(df.model == model) & df.dataset.isin(names), "panel"]))
+        page.add(f"<div data-in='{e(json.dumps(panels))}'><h3>{e(task)} over {len(names)} datasets "
+                 f"({e(', '.join(names))}{', ' + e(str(model)) if df.model.nunique() > 1 else ''}): the best by mean "
+                 f"quality kept</h3><p class='muted small'>Compressors that ran out-of-sample on every one of these "
+                 f"datasets; in brackets the lowest and highest dataset.</p>"
+                 + _winners_html(f"winners-task-{slug(task)}-{slug(model)}", g, headers, None) + "</div>")
 
 
 def answer_section(page: Page, df: pd.DataFrame, meta: dict) -> None:
     page.section("answer", "Which compressor for my budget and my speed", "answer")
-    page.add(f'<p class="protocol">{e(protocol_text(df))}</p>')
+    text = protocol_text(df)
+    if "protocol" in df and df["protocol"].notna().any():     # collapsed: the tables come first, on a phone too
+        page.add(f'<details class="protocol"><summary>How the compressors were fitted: only out-of-sample cells '
+                 f'(cross-fitted, oblivious, external) are recommended</summary>{e(text)}</details>')
+    else:                                                      # an old run's in-sample warning stays in sight
+        page.add(f'<p class="protocol">{e(text)}</p>')
     if meta.get("partial"):
         log.warning(f"warning: {meta.get('run_id')} is a partial run ({meta['partial']})")
         page.note(f"Partial run: {meta['partial']}. The figures show only the cells finished so far.")
@@ -117,6 +156,7 @@ def answer_section(page: Page, df: pd.DataFrame, meta: dict) -> None:
         page.add(f'<div data-ds="{e(panel)}"><h3>{e(panel)}: the best out-of-sample compressor at each budget</h3>'
                  f'<p class="muted small">{e(speed_basis(df, panel))} Consecutive budgets with the same '
                  f'answer share a row.</p>{winners_table(df, best, panel)}</div>')
+    task_tables(page, df, budgets)
     from ..scale_report import deployment_note
     page.add(deployment_note([str(c) for c in best.get("compressor", pd.Series(dtype=str)).dropna()]))
     frontier_lists(page, df)
@@ -146,17 +186,10 @@ def frontier_lists(page: Page, df: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------------------- charts
-def charts_section(page: Page, df: pd.DataFrame, specs: dict, insample_png: bytes | None, skipped: list[str]) -> None:
+def charts_section(page: Page, df: pd.DataFrame, specs: dict, skipped: list[str]) -> None:
     page.section("charts", "Charts")
     for cid, (_, caption) in specs.items():
         page.add(f'<figure><div class="chart" id="{cid}"></div><figcaption>{e(caption)}</figcaption></figure>')
-    if insample_png is not None:
-        page.add(f'<figure id="fig-in_sample_vs_crossfit"><a href="figures/in_sample_vs_crossfit.png">'
-                 f'<img alt="in-sample against cross-fitted" src="data:image/png;base64,'
-                 f'{base64.b64encode(insample_png).decode()}"></a><figcaption>What in-sample '
-                 "fitting hides: the same trained compressors fitted on the very vectors they score (dashed) and "
-                 "cross-fitted (solid, every vector scored by a fit that never saw it). The gap is memorisation of a "
-                 "small corpus; everything else on this page uses out-of-sample cells only.</figcaption></figure>")
     figs = [f for f in page.files if f.startswith("figures/")]
     page.add("<p class='muted small'>For papers and slides (matplotlib, PNG at 2x and SVG): "
              + ", ".join(f'<a href="{e(f)}">{e(f.split("/")[1])}</a>' for f in figs) + ".</p>")
@@ -222,9 +255,9 @@ def results_section(page: Page, df: pd.DataFrame) -> None:
         cls = " ".join(x for x in (str(r.status), "pareto" if r.pareto else "") if x)
         rows.append((attrs, cls, [_result_cell(r, k) for k, _, _ in cols]))
     page.add(table("results-table", [(h, t) for _, h, t in cols], rows))
-    raw = df[[c for c in COLUMNS if c in df] + ["ci_low", "ci_high", "vs_f32", "pareto", "speedup"]
-             + [c for c in df.columns if c not in COLUMNS and c not in ("line", "panel", "oos", "ci_low", "ci_high",
-                                                                       "vs_f32", "pareto", "speedup")]]
+    derived = ["vs_f32", "pareto", "speedup"]
+    raw = df[[c for c in COLUMNS if c in df] + derived
+             + [c for c in df.columns if c not in COLUMNS and c not in ("line", "panel", "oos", *derived)]]
     raw.to_csv(page.out / "tables" / "all_cells.csv", index=False)
     page.files.append("tables/all_cells.csv")
     for panel, g in raw.groupby(df["panel"], sort=False):
@@ -267,11 +300,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     results_section(page, df)
     sections.loss_section(page, df, meta, run_dir)
     sections.model_section(page, df)
-    fig_files, skipped, insample_png = exports()
+    fig_files, skipped = exports()
     page.files += fig_files
     later, page.parts = page.parts[charts_at:], page.parts[:charts_at]
     toc_later, page.toc = page.toc[1:], page.toc[:1]
-    charts_section(page, df, specs, insample_png, skipped)
+    charts_section(page, df, specs, skipped)
     page.parts += later
     page.toc += toc_later
     sections.closing_sections(page, df, meta, n_boot)
@@ -280,8 +313,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, n_bo
     html = render(f"embpress report {meta.get('run_id', '')}", header, page.toc, "".join(page.parts),
                   list(dict.fromkeys(df["panel"])), figures.vega_bundle() if specs else "", points,
                   figures.specs_json(specs))
-    index, tmp = out / "index.html", out / "index.html.part"
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(index)
+    index = out / "index.html"
+    write_text(index, html)
     log.info("report: %s (%.1f s)", index, time.perf_counter() - t0)
     return index

@@ -3,39 +3,45 @@ inlined Vega bundle from vl-convert-python) and the matplotlib exports (PNG at 2
 papers and slides."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..metrics import METRICS
+from ..files import write_text
+from ..metrics import METRICS, label
 from ..stats import pareto_mask
 from .analysis import GROUP, GROUPS, QUALITY_LINE
 
-#: Fields of a point beyond the metric registry, with their tooltip titles.
-POINT_FIELDS = {"compressor": "spec", "family": "family", "group": "group", "protocol": "protocol",
-                "ci_low": "95 % CI low", "ci_high": "95 % CI high", "speedup": "search speed-up vs float32",
-                "search_kernel": "search kernel", "latency_p50_ms": "latency p50 ms",
-                "latency_p99_ms": "latency p99 ms", "search_bytes": "bytes scanned per vector"}
-LABELS = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "mrr_at_10": "MRR@10", "spearman": "Spearman",
-          "knn_recall_at_10": "neighbour recall@10", "knn_recall_at_100": "neighbour recall@100",
-          "retained_pct": "retained %", "bytes_per_vector": "bytes per vector", "overhead_bytes": "fixed bytes",
-          "amortised_bytes_corpus": "bytes/vector with fixed bytes (corpus)",
-          "amortised_bytes_1m": "bytes/vector with fixed bytes (1 M vectors)", "compression_ratio": "× smaller",
-          "fit_s": "fit s", "encode_vps": "encode vectors/s", "search_qps": "search queries/s"}
-
-
-def label(col: str) -> str:
-    return LABELS.get(col, col.replace("_", " "))
+#: d3 formats: 3 significant digits, never in scientific notation (as the page's tables), or whole bytes.
+SIG3, WHOLE = ",.3~r", ",d"
+#: A point's tooltip, in this order: (field, title, d3 format or None for text). Every metric of the
+#: registry is in it (one missing here is appended); fields a dataset lacks are left out.
+TOOLTIP = [("compressor", "spec", None), ("family", "family", None), ("protocol", "protocol", None),
+           ("bytes_per_vector", "bytes per vector", WHOLE), ("retained_pct", "quality kept %", SIG3),
+           ("ci", "95 % CI", None), ("ndcg_at_10", "nDCG@10", SIG3), ("recall_at_100", "Recall@100", SIG3),
+           ("mrr_at_10", "MRR@10", SIG3), ("spearman", "Spearman", SIG3),
+           ("knn_recall_at_10", "neighbour recall@10", SIG3), ("knn_recall_at_100", "neighbour recall@100", SIG3),
+           ("compression_ratio", "× smaller", SIG3), ("overhead_bytes", "fixed bytes", WHOLE),
+           ("amortised_bytes_corpus", "B/vector + fixed, corpus", SIG3),
+           ("amortised_bytes_1m", "B/vector + fixed, 1 M", SIG3), ("speedup", "speed-up vs float32", SIG3),
+           ("search_qps", "search queries/s", SIG3), ("latency_p50_ms", "latency p50 ms", SIG3),
+           ("latency_p99_ms", "latency p99 ms", SIG3), ("search_kernel", "search kernel", None),
+           ("search_bytes", "searcher bytes", WHOLE), ("fit_s", "fit s", SIG3),
+           ("encode_vps", "encode vectors/s", SIG3)]
+TOOLTIP += [(m, label(m), SIG3) for m in METRICS if m not in {f for f, _, _ in TOOLTIP}]
+FLAGS = ["oos", "pareto", "spar", "fpar"]
 
 
 def _round(v):
     if isinstance(v, (float, np.floating)):
-        return None if not math.isfinite(v) else float(f"{v:.4g}")
+        if not math.isfinite(v):
+            return None
+        return int(v) if float(v).is_integer() else float(f"{v:.4g}")      # whole numbers (bytes) stay exact
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (np.bool_,)):
@@ -43,24 +49,36 @@ def _round(v):
     return v
 
 
+def with_ci_text(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows plus ``ci``: the 95 % interval as text ("99.7–102", "≈ float32" where it holds 100 %)."""
+    from .html import num
+    out = df.copy()
+    lo, hi = (pd.to_numeric(out.get(c), errors="coerce") for c in ("ci_low", "ci_high"))
+    out["ci"] = [None if pd.isna(a) else f"{num(a)}–{num(b)}" + (" (≈ float32)" if s == "≈" else "")
+                 for a, b, s in zip(lo, hi, out.get("vs_f32", pd.Series("", index=out.index)))]
+    return out
+
+
 def point_columns(df: pd.DataFrame) -> list[str]:
-    """Every column a chart point carries: the registry's metrics that the run has, then the rest."""
-    metrics = [m for m in METRICS if m in df and pd.to_numeric(df[m], errors="coerce").notna().any()]
-    extra = [c for c in POINT_FIELDS if c in df and df[c].notna().any()]
-    return list(dict.fromkeys(["dataset", "compressor", "group", "family", "protocol", *metrics, *extra]))
+    """The tooltip's fields that these rows have (``ci``: see :func:`with_ci_text`)."""
+    return [f for f, _, _ in TOOLTIP if f in df and df[f].notna().any() and (df[f].astype(str) != "").any()]
 
 
 def points(df: pd.DataFrame) -> list[dict]:
-    """The ok rows as chart points (every metric, rounded to 4 digits), plus ``oos`` (out-of-sample),
-    ``pareto`` (bytes/quality frontier) and ``spar`` (speed/quality frontier) of their dataset."""
-    ok = df[df.status == "ok"].copy()
+    """The ok rows as chart points (every tooltip field, numbers rounded to 4 digits; the dataset
+    panel, the group), plus ``oos`` (out-of-sample), ``pareto`` (bytes/quality frontier), ``spar``
+    (speed/quality) and ``fpar`` (fit time/quality frontier) of their dataset."""
+    ok = with_ci_text(df[df.status == "ok"])
     ok["dataset"] = ok["panel"]
     for flag, col in (("spar", "search_qps"), ("fpar", "fit_s")):
         ok[flag] = False
         measured = ok[ok.oos & pd.to_numeric(ok.get(col), errors="coerce").notna()] if col in ok else ok.iloc[:0]
         for _, g in measured.groupby("panel", sort=False):
             ok.loc[g.index, flag] = pareto_mask(g, ("retained_pct", col))
-    cols = point_columns(ok) + ["oos", "pareto", "spar", "fpar"]
+    from ..plots import insample_pairs
+    ok["cmp"] = insample_pairs(ok)
+    ok["fit"] = np.where(ok.oos, "cross-fitted", "in-sample")
+    cols = ["dataset", "group", *point_columns(ok), *FLAGS] + (["cmp", "line", "fit"] if ok.cmp.any() else [])
     out = []
     for rec in ok[cols].itertuples(index=False):
         vals = {k: _round(v) for k, v in zip(cols, rec) if v is not None and v is not pd.NA}
@@ -70,15 +88,8 @@ def points(df: pd.DataFrame) -> list[dict]:
 
 def _tooltip(cols: list[str]):
     import altair as alt
-    out = []
-    for c in cols:
-        if c in ("dataset", "oos", "pareto", "spar", "fpar"):
-            continue
-        kind = "Q" if c in METRICS or c in ("ci_low", "ci_high", "speedup", "latency_p50_ms", "latency_p99_ms",
-                                            "search_bytes") else "N"
-        out.append(alt.Tooltip(f"{c}:{kind}", title=POINT_FIELDS.get(c, label(c)),
-                               **({"format": ".3~g"} if kind == "Q" else {})))
-    return out
+    return [alt.Tooltip(f"{f}:{'N' if fmt is None else 'Q'}", title=title, **({"format": fmt} if fmt else {}))
+            for f, title, fmt in TOOLTIP if f in cols]
 
 
 def _scales(present: set[str]):
@@ -116,6 +127,26 @@ def _chart(x, y, filt: str, frontier: str, cols: list[str], title: str, present:
     return spec
 
 
+def _insample_chart(cols: list[str], present: set[str]) -> dict:
+    """One line per trained family and fit (solid: cross-fitted, dashed: in-sample) over bytes."""
+    import altair as alt
+    sel = alt.selection_point(fields=["group"], bind="legend", name="fam")
+    colour, _ = _scales(present)
+    dash = alt.StrokeDash("fit:N", scale=alt.Scale(domain=["cross-fitted", "in-sample"], range=[[1, 0], [5, 3]]),
+                          legend=alt.Legend(orient="top", title="fitted"))
+    chart = alt.Chart(alt.Data(name="points")).transform_filter("datum.cmp").mark_line(
+        point=alt.OverlayMarkDef(filled=True, size=30), strokeWidth=1.6).encode(
+        x=alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log", nice=False, padding=14),
+                title="bytes per vector (log scale)"),
+        y=alt.Y("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
+        color=colour, strokeDash=dash, detail="line:N", order="bytes_per_vector:Q", tooltip=_tooltip(cols),
+        opacity=alt.condition(sel, alt.value(0.9), alt.value(0.08))).add_params(sel)
+    spec = chart.properties(width="container", height=330, title="In-sample against cross-fitted").to_dict(
+        validate=False)
+    spec["autosize"] = {"type": "fit-x", "contains": "padding", "resize": True}
+    return spec
+
+
 def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
     """{element id: ({dataset panel: Vega-Lite spec}, caption)} of the page's interactive charts; each
     dataset's spec hovers the fields that dataset has."""
@@ -127,17 +158,30 @@ def charts(df: pd.DataFrame) -> dict[str, tuple[dict[str, dict], str]]:
 
 
 def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
+    """One dataset's charts; datasets with the same fields and family groups share their specs
+    (built once: altair takes a tenth of a second per chart)."""
+    from ..plots import insample_pairs
+    pairs = insample_pairs(g)
+    has = tuple(c in g and pd.to_numeric(g[c], errors="coerce").notna().any() for c in ("speedup", "fit_s"))
+    key = (tuple(point_columns(with_ci_text(g))), frozenset(g.loc[g.oos, "group"]), *has,
+           frozenset(g.loc[pairs, "group"]) if pairs.any() else None)
+    return {cid: tuple(v) for cid, v in json.loads(_specs(*key)).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _specs(cols: tuple, present: frozenset, speed: bool, fit: bool, pair_groups: frozenset | None) -> str:
+    """{chart id: [spec, caption]} as JSON, for the fields and groups a dataset has."""
     import altair as alt
-    cols = point_columns(g)
-    present = set(g.loc[g.oos, "group"])
+    cols, present = list(cols), set(present)
     out = {"chart-quality": (_chart(
-        alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log"), title="bytes per vector (log scale)"),
+        alt.X("bytes_per_vector:Q", scale=alt.Scale(type="log", nice=False, padding=14),
+              title="bytes per vector (log scale)"),
         alt.Y("retained_pct:Q", title="quality kept, % of float32"), "datum.oos", "datum.pareto", cols,
         "Quality kept against storage", present, rule=QUALITY_LINE),
         "Every out-of-sample cell of the selected dataset: quality kept (main metric as % of float32) against "
         f"bytes per vector. Black: the Pareto frontier; dashed red: {QUALITY_LINE:.0f} %. Hover a point for its "
         "spec, bytes and every metric; click a family in the legend to show or hide it.")}
-    if "speedup" in g and g["speedup"].notna().any():
+    if speed:
         out["chart-speed"] = (_chart(
             alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
             alt.Y("speedup:Q", scale=alt.Scale(type="log"), title="search speed-up vs float32 (log scale)"),
@@ -145,7 +189,7 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
             "Search queries per second of each compressor divided by float32's on the same dataset (the grid's own "
             "exact scan of the codes, on this run's corpus), against quality kept. Black: cells no other cell beats "
             "on both. Datasets without search timings (STS pairs) have no such chart.")
-    if "fit_s" in g and g["fit_s"].notna().any():
+    if fit:
         out["chart-fit"] = (_chart(
             alt.X("retained_pct:Q", title="quality kept, % of float32", scale=alt.Scale(zero=False)),
             alt.Y("fit_s:Q", scale=alt.Scale(type="log"), title="fit seconds (log scale)"),
@@ -153,7 +197,12 @@ def _panel_charts(g: pd.DataFrame) -> dict[str, tuple[dict, str]]:
             "Seconds to fit each compressor on its calibration vectors (per fold when cross-fitted) against quality "
             "kept; lower is cheaper. Black: cells no other cell beats on both. Compressors that learn nothing fit in "
             "microseconds.")
-    return out
+    if pair_groups:
+        out["chart-insample"] = (_insample_chart(cols, set(pair_groups)), (
+            "What in-sample fitting hides: the same trained compressors fitted on the very vectors they score (dashed) "
+            "and cross-fitted (solid: every vector scored by a fit that never saw it). The gap is memorisation of a "
+            "small corpus; everything else on this page uses out-of-sample cells only."))
+    return json.dumps(out)
 
 
 def vega_bundle() -> str:
@@ -167,10 +216,7 @@ def vega_bundle() -> str:
     import vl_convert
     bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        tmp.write_text(bundle, encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, bundle)
     except OSError:       # a read-only cache: bundle again next time
         pass
     return bundle
@@ -219,7 +265,8 @@ def style_maps(df: pd.DataFrame) -> dict[str, str]:
     return colour
 
 
-EXPORTS = [
+EXPORTS = [    # (file name, embpress.plots function, why it can be missing; None: nothing said)
+    ("in_sample_vs_crossfit", "in_sample_vs_crossfit", None),
     ("quality_vs_bytes", "quality_vs_bytes", "no finished cells"),
     ("knn_recall_vs_bytes", "knn_vs_bytes", "no retrieval or neighbour cells"),
     ("qps_vs_recall", "qps_vs_recall", "no retrieval or neighbour cells"),
@@ -227,47 +274,58 @@ EXPORTS = [
     ("sts_vs_bytes", "sts_vs_bytes", "no STS cells"),
     ("rescoring", "rescoring", "no compressor with rescore= in its spec"),
 ]
+#: Processes drawing the exports beside the page, one figure per task (matplotlib is single threaded).
+#: One: on 2 cores a second drawer starved the page's own half (the default run's build measured
+#: 15-21 s with two, 14-17 s with one, on a loaded machine).
+EXPORT_WORKERS = 1
 
 
-def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str], bytes | None]:
-    """Every matplotlib figure of an out-of-sample view of the run, plus the in-sample vs
-    cross-fitted comparison; returns (files written, notes on figures skipped, that comparison's PNG)."""
+def export_one(df: pd.DataFrame, out: Path, name: str) -> tuple[list[str], str | None]:
+    """Draw one export of :data:`EXPORTS` (the in-sample comparison from every ok cell, the others
+    from the out-of-sample ones); returns (files written, a note when there is nothing to draw)."""
     from .. import plots
+    fn, why = next((f, w) for n, f, w in EXPORTS if n == name)
     colour = style_maps(df)
-    ok_all = df[df.status == "ok"]
-    ok = ok_all[ok_all.oos]
-    files, skipped, insample_png = [], [], None
-    fig = plots.in_sample_vs_crossfit(ok_all, colour)
-    if fig is not None:
-        insample_png = export(fig, out, "in_sample_vs_crossfit")
-        files += ["figures/in_sample_vs_crossfit.png", "figures/in_sample_vs_crossfit.svg"]
-    for name, fn, why in EXPORTS:
-        fig = getattr(plots, fn)(ok, colour) if len(ok) else None
-        if fig is None:
-            skipped.append(f"{name}: figure skipped ({why} in this run)")
-            continue
-        export(fig, out, name)
-        files += [f"figures/{name}.png", f"figures/{name}.svg"]
-    return files, skipped, insample_png
+    ok = df[df.status == "ok"]
+    ok = ok if name == "in_sample_vs_crossfit" else ok[ok.oos]
+    fig = getattr(plots, fn)(ok, colour) if len(ok) else None
+    if fig is None:
+        return [], f"{name}: figure skipped ({why} in this run)" if why else None
+    export(fig, out, name)
+    return [f"figures/{name}.png", f"figures/{name}.svg"], None
+
+
+def _collect(results: list[tuple[list[str], str | None]]) -> tuple[list[str], list[str]]:
+    return [f for files, _ in results for f in files], [note for _, note in results if note]
+
+
+def export_all(df: pd.DataFrame, out: Path) -> tuple[list[str], list[str]]:
+    """Every export, here and now; returns (files written, notes on figures skipped)."""
+    return _collect([export_one(df, out, name) for name, _, _ in EXPORTS])
 
 
 def start_exports(df: pd.DataFrame, out: Path):
-    """:func:`export_all` in a forked process while the page is assembled (matplotlib is single
-    threaded; the report's other half runs beside it); returns a function waiting for its result.
-    Where fork is unavailable the figures are drawn here, at once."""
+    """The exports drawn by forked processes while the page is assembled; returns a function
+    waiting for (files written, notes on figures skipped). A figure whose drawer died (memory?) is
+    drawn here; where fork is unavailable, all of them are, at once."""
     import concurrent.futures
     import multiprocessing as mp
     if "fork" not in mp.get_all_start_methods():
         result = export_all(df, out)
         return lambda: result
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
-    future = pool.submit(export_all, df, out)
+    from .. import plots  # noqa: F401 - imported once, before the drawers fork
+    pool = concurrent.futures.ProcessPoolExecutor(EXPORT_WORKERS, mp_context=mp.get_context("fork"))
+    futures = [(name, pool.submit(export_one, df, out, name)) for name, _, _ in EXPORTS]
 
     def wait():
+        results = []
         try:
-            return future.result()
-        except concurrent.futures.process.BrokenProcessPool:     # the child died (memory?): draw them here
-            return export_all(df, out)
+            for name, future in futures:
+                try:
+                    results.append(future.result())
+                except concurrent.futures.process.BrokenProcessPool:
+                    results.append(export_one(df, out, name))
         finally:
             pool.shutdown()
+        return _collect(results)
     return wait

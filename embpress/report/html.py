@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..files import safe_name
 from .analysis import GROUP
 
 e = html.escape
@@ -47,7 +48,7 @@ _SYMBOL = {"square": "■", "circle": "●", "triangle-up": "▲", "diamond": "�
 
 
 def slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text)).strip("_") or "x"
+    return safe_name(text).strip("_") or "x"
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EmbpressError
-from ..stats import baseline_path, load_npz
+from ..files import load_npz
+from ..runfolder import RunFolder
+from ..tasks import task_of
 
 EXAMPLES_PER_CELL = 3
 
@@ -24,7 +26,8 @@ class Texts:
 
 def dataset_texts(meta: dict, dataset: str) -> Texts:
     """Judgments, query texts and document titles of a run's dataset (what is available)."""
-    from ..data import document_titles, is_vector_folder, load_dataset, load_vector_folder
+    from ..data import document_titles, load_dataset
+    from ..vector_folders import is_vector_folder, load_vector_folder
     info = (meta.get("datasets") or {}).get(dataset, {})
     source = info.get("source") or dataset
     cfg = meta.get("config") or {}
@@ -33,7 +36,7 @@ def dataset_texts(meta: dict, dataset: str) -> Texts:
             ds = load_vector_folder(source)
             return Texts(ds.qrels, note="bring-your-own vectors: ids only, no texts")
         ds = load_dataset(source, max_queries=cfg.get("max_queries"), max_docs=cfg.get("max_docs"))
-        if ds.task != "retrieval":
+        if not task_of(ds.task).judged:
             return Texts(note=f"{dataset} is not a retrieval dataset")
         titles = document_titles(source)
         docs = {d: (titles.get(d) or t[:120]) for d, t in zip(ds.corpus_ids, ds.corpus_texts)}
@@ -48,6 +51,13 @@ def _pair_codes(top: np.ndarray, n_docs: int) -> np.ndarray:
     return np.where(top >= 0, np.arange(len(top))[:, None] * n_docs + top, -1)
 
 
+def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(x, sorted_set)`` for a sorted array: one binary search per element, no sort of x."""
+    if not len(sorted_set):
+        return np.zeros(np.shape(x), dtype=bool)
+    return sorted_set[np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)] == x
+
+
 def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
     """Per ok cell of one (model, dataset): queries whose float32 top 10 holds a relevant document
     the compressor's top 10 lacks (and the reverse), with the worst queries as examples. Each
@@ -55,7 +65,8 @@ def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.Da
     if texts.qrels is None or rows.empty:
         return pd.DataFrame(), {}
     first = rows.iloc[0]
-    base_file = baseline_path(run_dir, first["model"], first["dataset"])
+    folder = RunFolder(run_dir)
+    base_file = folder.baseline(first["model"], first["dataset"])
     if not base_file.is_file():
         return pd.DataFrame(), {}
     base = load_npz(base_file)
@@ -65,19 +76,20 @@ def query_losses(run_dir: Path, rows: pd.DataFrame, texts: Texts) -> tuple[pd.Da
     rel = np.array(sorted(i * n + row_of[d] for i, q in enumerate(qids)
                           for d, r in texts.qrels.get(q, {}).items() if r > 0 and d in row_of), dtype=np.int64)
     base_codes = _pair_codes(base["top10"], n)
-    base_hit = np.isin(base_codes, rel) & (base_codes >= 0)
-    base_hit_codes = base_codes[base_hit]
+    base_hit = _member(base_codes, rel) & (base_codes >= 0)
+    base_hit_codes = np.sort(base_codes[base_hit])
     base_ndcg = base.get("ndcg_at_10")
     summary, examples = [], {}
     for _, row in rows.iterrows():
-        path = run_dir / "per_query" / f"{row['cell_id']}.npz"
+        path = folder.cell_arrays(row["cell_id"])
         if not path.is_file():
             continue
-        pq = load_npz(path)
+        with np.load(path, allow_pickle=False) as z:
+            pq = {k: z[k] for k in ("top10", "ndcg_at_10") if k in z.files}
         codes = _pair_codes(pq["top10"], n)
-        hit = np.isin(codes, rel) & (codes >= 0)
-        lost = base_hit & ~np.isin(base_codes, codes[hit])           # [query, rank in the float32 top 10]
-        gained = hit & ~np.isin(codes, base_hit_codes)
+        hit = _member(codes, rel) & (codes >= 0)
+        lost = base_hit & ~_member(base_codes, np.sort(codes[hit]))   # [query, rank in the float32 top 10]
+        gained = hit & ~_member(codes, base_hit_codes)
         n_lost, n_gained = lost.sum(axis=1), gained.sum(axis=1)
         summary.append({"compressor": row["compressor"], "budget": row.get("budget"),
                         "bytes_per_vector": row["bytes_per_vector"], "retained_pct": row["retained_pct"],

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures
+from ..tasks import judged
 from .analysis import plain_settings
 from .html import deflist, e, glossary, num, provenance, slug, table, write_table_files
 from .losses import dataset_texts, model_columns, model_variants, query_losses
@@ -40,7 +41,7 @@ def _examples(summary: pd.DataFrame, examples: dict) -> str:
 
 def loss_section(page, df: pd.DataFrame, meta: dict, run_dir: Path) -> None:
     page.section("loss", "Per-query loss", "per-query loss")
-    retrieval = df[(df.status == "ok") & df.oos & (df.task == "retrieval")]
+    retrieval = df[(df.status == "ok") & df.oos & df.task.isin(judged())]
     if retrieval.empty:
         page.note("No retrieval cells with relevance judgments in this run: per-query loss needs qrels.")
     for panel, g in retrieval.groupby("panel", sort=False):
