@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from embpress.data import load_dataset
-    from embpress.encoders import agreement, footprint, variant_names
+    from embpress.encoders import agreement, footprint, time_interleaved, variant_names
     from embpress.errors import EmbpressError
     from embpress.models import load_encoder, model_info, resolve_model
 
@@ -63,19 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         row = {"name": info.entry.name, "entry": info.entry, "model": model, **footprint(model, info.path)}
         kw = dict(batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
         row["vectors"] = np.concatenate([np.asarray(model.encode(t, **kw), dtype=np.float32) for t in (short, long_)])
-        row["short_s"] = row["long_s"] = float("inf")
         rows.append(row)
     if not rows:
         print("\n".join(skipped), file=sys.stderr)
         return 2
 
     load_before = os.getloadavg()
-    for _ in range(args.repeats):
-        for row in rows:
-            for texts, slot in ((short, "short_s"), (long_, "long_s")):
-                t0 = time.perf_counter()
-                row["model"].encode(texts, batch_size=args.batch_size, show_progress_bar=False)
-                row[slot] = min(row[slot], time.perf_counter() - t0)
+    seconds = time_interleaved({r["name"]: r["model"] for r in rows}, {"short_s": short, "long_s": long_},
+                               batch_size=args.batch_size, repeats=args.repeats)
+    for row in rows:
+        row.update(seconds[row["name"]])
     load_after = os.getloadavg()
 
     by_name = {r["name"]: r for r in rows}

@@ -240,6 +240,9 @@ def _cmd_list(args) -> int:
         print("models:")
         for m in REGISTRY:
             print(f"  {m.name:<20} {m.dim}-d  aliases: {', '.join(m.aliases)}  ({m.source})")
+        from .encoder_weights import GRAMMAR
+        from .encoders import variant_names
+        print(f"encoder variants (model@variant): {', '.join(variant_names())}; {GRAMMAR}")
     if args.what in (None, "compressors"):
         print("compressor stages (compose with commas, e.g. PCA128,SQ8; options as :name=value):")
         for cls in stage_classes():

@@ -25,7 +25,7 @@ import tempfile
 import tomllib
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,27 @@ def load_dataset(name: str, *, max_queries: int | None = None, max_docs: int | N
     ds.location = f"{where}:{folder}"
     if max_queries or max_docs:
         ds = _sample(ds, max_queries, max_docs)
+    return ds
+
+
+#: The file that holds each format's training split (the cards checksum only the test files).
+TRAIN_FILE = {"beir": "qrels/train.tsv", "stsb": "sts-train.csv", "sick": "SICK.txt"}
+
+
+def load_training_split(name: str):
+    """A dataset's training split, loaded like its test split: the train queries that have
+    ``qrels/train.tsv`` judgments (BEIR; the corpus is the same), STS-B ``sts-train.csv`` or SICK's
+    TRAIN pairs. Not checksummed (the card covers the test files); a one-line error if it is absent."""
+    card = load_card(name)
+    folder, where = locate(card)
+    rel = TRAIN_FILE[card.format]
+    if find_file(folder, rel) is None:
+        raise EmbpressError(f"dataset {name!r} has no training split in {folder} (no {rel})")
+    try:
+        ds = load_split(replace(card, split="train"), folder)
+    except (KeyError, ValueError, IndexError, json.JSONDecodeError) as exc:
+        raise EmbpressError(f"the training split of {name!r} in {folder} could not be parsed: {exc!r}") from None
+    ds.location = f"{where}:{folder}"
     return ds
 
 

@@ -27,13 +27,13 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from . import settings
-from .data import card_names, find_file, load_card, load_dataset, load_split, locate
+from .data import card_names, load_dataset, load_training_split
 from .embed import embed
 from .errors import EmbpressError
 from .tasks import task_of
@@ -43,8 +43,6 @@ log = logging.getLogger("embpress")
 
 DISTILLED_NAME = "all-MiniLM-L6-v2-mpnet-distilled"
 SOURCES = ("stsbenchmark", "scifact", "nfcorpus")
-#: The file that holds each source's training split (the cards checksum only the test files).
-_TRAIN_FILE = {"beir": "qrels/train.tsv", "stsb": "sts-train.csv", "sick": "SICK.txt"}
 
 
 # ---------------------------------------------------------------------------- texts
@@ -64,12 +62,7 @@ def training_texts(sources=SOURCES) -> tuple[dict[str, list[str]], int]:
     test = _test_texts()
     out, dropped = {}, 0
     for name in sources:
-        card = load_card(name)
-        folder, _ = locate(card)
-        rel = _TRAIN_FILE[card.format]
-        if find_file(folder, rel) is None:
-            raise EmbpressError(f"dataset {name!r} has no training split in {folder} (no {rel})")
-        ds = load_split(replace(card, split="train"), folder)
+        ds = load_training_split(name)
         texts = task_of(ds.task).query_texts(ds)
         unique = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
         kept = [t for t in unique if t not in test]

@@ -23,7 +23,8 @@ the trade-off instead of picking one. Only Linear layers are quantized (the word
 matrix, half of MiniLM's weights, stays in float32), which ``model_memory_bytes`` shows.
 
 Nothing at module level imports torch: the cache key of a fully cached run needs only the table.
-This module imports nothing of embpress but its errors (``models`` builds on it);
+This module imports nothing of embpress but its errors and, for the variants that rewrite the
+weights (pruning, sharing, trimming, factorising), :mod:`embpress.encoder_weights` (``models`` builds on it);
 profiling a variant against its base model is :mod:`embpress.profiles`.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ from .errors import EmbpressError
 log = logging.getLogger("embpress")
 
 REFERENCE = "fp32"
+#: Methods of the variants that rewrite the float32 weights (``embpress.encoder_weights``, ``embpress.vocab_trim``).
+WEIGHT_METHODS = ("magnitude-prune", "weight-sharing", "svd-factorised-embedding", "vocab-trim")
 #: The quantized engine of the deprecated int8 API: its kernels (and so its numbers) differ per CPU family.
 QENGINE = "x86" if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") else "qnnpack"
 
@@ -77,15 +80,20 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 
 def variant_names() -> list[str]:
+    """The fixed variants; the weight-rewriting ones are a grammar (``encoder_weights.GRAMMAR``)."""
     return [REFERENCE, *VARIANTS]
 
 
 def get_variant(name: str) -> Variant:
-    try:
+    """A fixed variant, or one of the pruning / sharing / trimming / factorising grammar."""
+    from .encoder_weights import GRAMMAR, parse_variant
+    if name in VARIANTS:
         return VARIANTS[name]
-    except KeyError:
-        raise EmbpressError(f"unknown encoder variant {name!r}; variants: {', '.join(variant_names())} "
-                            f"(written model@variant, e.g. all-MiniLM-L6-v2@int8-dynamic)") from None
+    parsed = parse_variant(name)
+    if parsed is None:
+        raise EmbpressError(f"unknown encoder variant {name!r}; variants: {', '.join(variant_names())}, "
+                            f"{GRAMMAR} (written model@variant, e.g. all-MiniLM-L6-v2@int8-dynamic)")
+    return Variant(name, *parsed)
 
 
 # ---------------------------------------------------------------------------- building
@@ -109,6 +117,9 @@ def apply_variant(model, name: str, device: str = "cpu"):
         with warnings.catch_warnings():  # the whole API is deprecated: said once, in the module docstring
             warnings.simplefilter("ignore")
             return quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
+    if method in WEIGHT_METHODS:
+        from .encoder_weights import apply
+        return apply(model, variant.name, variant.settings)
     if method.startswith("torchao"):
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -149,7 +160,10 @@ def _tensor_bytes(t) -> tuple[int, int]:
 
 def footprint(model, folder=None) -> dict:
     """Model size: parameters, bytes in memory (every tensor, scales included) and on disk
-    (the state dict as ``torch.save`` writes it, plus the tokenizer and config files of ``folder``)."""
+    (the state dict as ``torch.save`` writes it, plus the tokenizer and config files of ``folder``).
+    A variant that rewrites the weights (pruned, shared, trimmed, factorised) is stored on disk in
+    the smallest honest format of each tensor (``encoder_weights.stored_bytes``), and adds
+    ``model_disk_bytes_no_entropy``, ``model_nonzero_params`` and ``model_disk_format``."""
     import torch
     state = model.state_dict()
     held = [_tensor_bytes(v) for v in state.values()]
@@ -159,19 +173,33 @@ def footprint(model, folder=None) -> dict:
     if folder is not None:
         from pathlib import Path
         support = sum(p.stat().st_size for pat in SUPPORT_FILES for p in Path(folder).glob(pat) if p.is_file())
-    return {"model_params": int(sum(h[1] for h in held)), "model_memory_bytes": int(sum(h[0] for h in held)),
-            "model_disk_bytes": buf.getbuffer().nbytes + support}
+    out = {"model_params": int(sum(h[1] for h in held)), "model_memory_bytes": int(sum(h[0] for h in held)),
+           "model_disk_bytes": buf.getbuffer().nbytes + support}
+    from .encoder_weights import COMPACT_ATTR, format_summary, stored_bytes
+    if getattr(model, COMPACT_ATTR, False):   # pruned, shared, trimmed, factorised: the smallest honest format
+        stored = stored_bytes(state)
+        out.update(model_disk_bytes=stored["bytes"] + support, model_disk_bytes_no_entropy=stored["bytes_no_entropy"]
+                   + support, model_nonzero_params=stored["nonzero_params"],
+                   model_disk_format=format_summary(stored["formats"]))
+    return out
 
 
-def measure_throughput(model, texts: list[str], *, batch_size: int = 32, repeats: int = 2) -> float:
-    """Texts encoded per second: the best of ``repeats`` timed passes after one warm-up batch."""
-    model.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)
-    best = float("inf")
+def time_interleaved(models: dict, text_sets: dict[str, list[str]], *, batch_size: int = 32,
+                     repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Best seconds of every model on every text set over ``repeats`` interleaved rounds (each round
+    times every model once on each set, after one untimed batch per model), so a burst of load from
+    elsewhere hurts all models alike and the best round is the least disturbed one."""
+    best = {name: {label: float("inf") for label in text_sets} for name in models}
+    first = next(iter(text_sets.values()))[:batch_size]
+    for model in models.values():
+        model.encode(first, batch_size=batch_size, show_progress_bar=False)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.encode(texts, batch_size=batch_size, show_progress_bar=False)
-        best = min(best, time.perf_counter() - t0)
-    return len(texts) / best
+        for name, model in models.items():
+            for label, texts in text_sets.items():
+                t0 = time.perf_counter()
+                model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+                best[name][label] = min(best[name][label], time.perf_counter() - t0)
+    return best
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:

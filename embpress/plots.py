@@ -330,7 +330,8 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
     """Model-side compression: quality (% of the reference encoder's float32) against model size
     and encode speed, with the embedding-compression frontier of the reference beside them."""
     panels = [(size_col, f"model size: {size_col.replace('_', ' ')} (log scale)")] + (
-        [(speed_col, "encode throughput, texts/s (log scale)")] if speed_col else [])
+        [(speed_col, "encode speed: × float32, timed side by side (log scale)" if speed_col == "model_speedup"
+          else "encode throughput, texts/s (log scale)")] if speed_col else [])
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.0 * (len(panels) + 1), 4.4), squeeze=False)
     axes = list(axes.flat)
     datasets = sorted(variants["dataset"].unique())
@@ -340,10 +341,14 @@ def model_side(variants: pd.DataFrame, size_col: str, speed_col: str | None, fro
             pts = pts.dropna(subset=[col, "ref_pct"]).sort_values(col)
             ax.plot(pts[col].astype(float), pts["ref_pct"], marker="o", linestyle="none", color=dcol[ds], label=ds)
             for _, r in pts.iterrows():
-                ax.annotate(str(r["model"]), (float(r[col]), r["ref_pct"]), textcoords="offset points",
+                ax.annotate(str(r["model"]).split("@", 1)[-1], (float(r[col]), r["ref_pct"]), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color="#333")
         ax.axhline(100, color="grey", linestyle=":", linewidth=1)
         _logx(ax)
+        if col == "model_speedup":   # a ratio: show at least 0.5-2× so ±3 % of noise does not look like a spread
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(min(lo, 0.5), max(hi, 2.0))
+            ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel(f"% of {reference} float32 quality")
         ax.set_title(f"Encoder variants: quality against {label.split(':')[0].split(',')[0]}")
