@@ -21,9 +21,9 @@ from compressors import Pipeline, SpecError, config_context, parse_spec
 
 from .data import load_dataset
 from .files import load_npz
-from .fitcache import fit_pipeline, pack_fitted
-from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, fold_of,
-                       overhead_flag, parse_calibration, training_rows)
+from .fitcache import encode_cached, fit_pipeline_entry, pack_fitted
+from .protocol import (DEFAULT_CALIBRATION, DEPLOYMENT_VECTORS, FOLD_SEED, Protocol, amortised_bytes, encode_folds,
+                       fold_of, overhead_flag, parse_calibration, training_rows)
 from .speed import spread
 from .stats import N_BOOT, SEED, PairedBootstrap
 from .tasks import TASKS, Task, TaskData, task_of
@@ -55,6 +55,8 @@ class CellTask:
 
 # ---------------------------------------------------------------------------- worker context
 _THREADS = 0      # what limit_threads last set in this process
+#: Stored vectors of the indicative encode timing when a cell's codes came from the fit cache.
+ENCODE_SAMPLE_ROWS = 256
 
 
 def limit_threads(n: int) -> None:
@@ -121,6 +123,7 @@ class Fits:
     fit_s: list[float] = field(default_factory=list)
     cached: list[bool] = field(default_factory=list)
     n_train: list[int] = field(default_factory=list)
+    entries: list[str | None] = field(default_factory=list)   # fit-cache entry of each pipeline (its codes' key)
 
 
 def fit_cell(task: CellTask, pipe: Pipeline, stored: np.ndarray, ids: list[str]) -> Fits:
@@ -140,19 +143,20 @@ def fit_cell(task: CellTask, pipe: Pipeline, stored: np.ndarray, ids: list[str])
             meta = {"protocol": proto.label, "fold": f, "folds": proto.folds, "fold_seed": proto.seed,
                     "sample": proto.sample}
             try:
-                fitted, fit_s, cached = fit_pipeline(pipe.clone(), calib, task.fit_cache,
-                                                     _calibration_key(task, calib, meta), meta)
+                fitted, fit_s, cached, entry = fit_pipeline_entry(pipe.clone(), calib, task.fit_cache,
+                                                                  _calibration_key(task, calib, meta), meta)
             except SpecError as exc:
                 raise SpecError(f"fold {f + 1} of {proto.folds} trains on {len(calib):,} vectors: {exc}") from None
             fits.pipes.append(fitted)
             fits.fit_s.append(fit_s)
             fits.cached.append(cached)
             fits.n_train.append(len(calib))
+            fits.entries.append(entry)
         return fits
     calib = stored if proto.kind in ("in-sample", "oblivious") else _external_calibration(task)
     calib = np.ascontiguousarray(calib, dtype=np.float32)
-    fitted, fit_s, cached = fit_pipeline(pipe, calib, task.fit_cache, _calibration_key(task, calib))
-    return Fits(proto.label, [fitted], None, [fit_s], [cached], [len(calib)])
+    fitted, fit_s, cached, entry = fit_pipeline_entry(pipe, calib, task.fit_cache, _calibration_key(task, calib))
+    return Fits(proto.label, [fitted], None, [fit_s], [cached], [len(calib)], [entry])
 
 
 def _accounting(row: dict[str, Any], fits: Fits, dim: int, n_vectors: int) -> None:
@@ -176,11 +180,15 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run one cell; returns (result row, per-query arrays).
 
     Quality comes from the cell's protocol (cross-fitted folds merged, or one fit), scored by the
-    dataset's task type (``embpress.tasks``) exactly as its float32 baseline was. Encode and
-    search times are those of one pipeline (the first fold's) over the full corpus, so a
-    cross-fitted cell's timings compare with every other cell's: measured by the runner's timing
-    pass (``task.timing``, :mod:`embpress.timing`), which gets that pipeline in the per-query
-    arrays, or else here, beside the other workers (``timing = "indicative"``)."""
+    dataset's task type (``embpress.tasks``) exactly as its float32 baseline was. The row's encode
+    and search times are those of the first pipeline over every stored code (a cross-fitted
+    cell's codes are its folds' codes, which have the same format and size), so a cross-fitted
+    cell's timings compare with every other cell's: measured by the runner's timing pass
+    (``task.timing``, :mod:`embpress.timing`), which gets that pipeline and the codes in the
+    per-query arrays. With the timing pass off, the calls that compute the quality are timed
+    here, once, beside the other workers (``timing = "indicative"``: the encode of every stored
+    vector, the one batch search of every query, a cross-fitted cell's folds added up; no
+    single-query latency and no spread)."""
     limit_threads(task.threads)
     ctx = context_for(task)
     kind = task_of(ctx.task)
@@ -203,28 +211,50 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return row, {}
     _accounting(row, fits, dim, len(stored))
     row["n_vectors"] = len(stored)
-    pipe = fits.pipes[0]
-    codes = _encode(task, row, pipe, stored)
-    answer = kind.answer(fits, codes, stored, ctx, task.k, row, timed=not task.timing)
+    codes = _encode(task, row, fits, stored)
+    answer = kind.answer(fits, codes, ctx, task.k, row, timed=not task.timing)
     per_query = _score(row, kind, answer, ctx)
     if task.timing:         # the runner's timing pass measures this pipeline alone, later
-        per_query.update(pack_fitted(pipe, codes))
+        per_query.update(pack_fitted(fits.pipes[0], codes))
     else:
         row["timing"] = "indicative"
     return row, per_query
 
 
-def _encode(task: CellTask, row: dict[str, Any], pipe: Pipeline, stored: np.ndarray) -> np.ndarray:
-    """The first pipeline's codes of every stored vector (timed unless the timing pass will),
-    checked against the declared width."""
-    t0 = time.perf_counter()
-    codes = pipe.encode(stored)
-    if not task.timing:
-        row["encode_s"] = time.perf_counter() - t0
-        row["encode_vps"] = len(stored) / max(row["encode_s"], 1e-9)
+def _encode(task: CellTask, row: dict[str, Any], fits: Fits, stored: np.ndarray) -> np.ndarray:
+    """The codes the cell stores, checked against the declared width: every stored vector encoded
+    by the one pipeline, or (cross-fitted) by its own fold's pipeline; a cached fit's codes of the
+    same vectors come from the fit cache (:func:`embpress.fitcache.encode_cached`).
+
+    Unless the timing pass will time the first pipeline's encode alone, the encode is timed here
+    (indicative): these calls, or, when any codes came from the cache, one call on the first
+    ``ENCODE_SAMPLE_ROWS`` stored vectors."""
+    seconds: list[float | None] = []
+
+    def encode(f: int, pipe: Pipeline, X: np.ndarray) -> np.ndarray:
+        key = _calibration_key(task, X, {"encoded_fold": f, "folds": len(fits.pipes)} if fits.fold_ids is not None else None)
+        codes, s = encode_cached(pipe, X, fits.entries[f] if fits.entries else None, ("encoded",) + key)
+        seconds.append(s)
+        return codes
+
+    if fits.fold_ids is not None:
+        codes = encode_folds(fits.pipes, fits.fold_ids, stored, encode)
+    else:
+        codes = encode(0, fits.pipes[0], np.ascontiguousarray(stored, dtype=np.float32))
     if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
         raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
                            f"{row['bytes_per_vector']} bytes per vector")
+    row["codes_cached"] = any(s is None for s in seconds)
+    if not task.timing:
+        rows = len(stored)
+        if row["codes_cached"]:
+            X = np.ascontiguousarray(stored[:ENCODE_SAMPLE_ROWS], dtype=np.float32)
+            t0 = time.perf_counter()
+            fits.pipes[0].encode(X)
+            seconds, rows = [time.perf_counter() - t0], len(X)
+        row["encode_s"] = sum(s for s in seconds if s is not None)
+        row["encode_vps"] = rows / max(row["encode_s"], 1e-9)
+        row["encode_rows"] = rows
     return codes
 
 

@@ -41,7 +41,7 @@ from compressors import Pipeline, parse_spec
 from compressors.base import FaissBlob, Stage, blob_to_faiss, faiss_to_blob
 
 from . import settings
-from .files import save_npz, write_text
+from .files import save_npy, save_npz, write_text
 
 log = logging.getLogger("embpress")
 
@@ -247,31 +247,34 @@ def _check_entry(pipe: Pipeline, calib: np.ndarray) -> None:
         raise CacheEntryError(f"codes {codes.dtype}{codes.shape} instead of uint8{want}")
 
 
-def load_entry(path: Path, expected: dict[str, Any], calib: np.ndarray) -> tuple[Pipeline, float]:
-    """The cached fit at ``path`` if it is exactly the one expected; CacheEntryError (or an
-    OSError / ValueError from a torn file) otherwise."""
+def load_entry(path: Path, expected: dict[str, Any], calib: np.ndarray) -> tuple[Pipeline, float, str]:
+    """(the cached fit at ``path``, its fit seconds, its arrays' sha256) if it is exactly the one
+    expected; CacheEntryError (or an OSError / ValueError from a torn file) otherwise."""
     side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     if not isinstance(side, dict):
         raise CacheEntryError("the sidecar is not a JSON object")
     for key, want in expected.items():
         if side.get(key) != want:
             raise CacheEntryError(f"{key} is {side.get(key)!r}, expected {want!r}")
-    if side.get("npz_sha256") != _sha256(path):
+    sha = _sha256(path)
+    if side.get("npz_sha256") != sha:
         raise CacheEntryError("the arrays file does not match its sidecar's checksum")
     with np.load(path, allow_pickle=False) as z:
         doc = json.loads(str(z["__pipeline__"]))
         pipe = decode_pipeline(doc, z, expected["spec"])
     _check_entry(pipe, calib)
-    return pipe, float(side["fit_s"])
+    return pipe, float(side["fit_s"]), sha
 
 
-def save_entry(path: Path, pipe: Pipeline, expected: dict[str, Any], fit_s: float, n_train: int) -> None:
-    """Write the arrays, then the sidecar (each atomically; the sidecar names the arrays' checksum)."""
+def save_entry(path: Path, pipe: Pipeline, expected: dict[str, Any], fit_s: float, n_train: int) -> str:
+    """Write the arrays, then the sidecar (each atomically; the sidecar names the arrays' checksum,
+    which is returned)."""
     doc, arrays = encode_pipeline(pipe)
     save_npz(path, {"__pipeline__": np.asarray(json.dumps(doc)), **arrays})
     side = {**expected, "fit_s": fit_s, "n_train": n_train, "npz_sha256": _sha256(path),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_text(path.with_suffix(".json"), json.dumps(side, indent=1))
+    return side["npz_sha256"]
 
 
 def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True, calib_key: tuple | None = None,
@@ -280,27 +283,75 @@ def fit_pipeline(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True, cali
 
     ``meta`` (JSON-able) is part of the key and recorded in the sidecar, e.g. the cross-fitting
     protocol and fold. Only stages that fit anything are cached."""
+    return fit_pipeline_entry(pipe, calib, use_cache, calib_key, meta)[:3]
+
+
+def fit_pipeline_entry(pipe: Pipeline, calib: np.ndarray, use_cache: bool = True, calib_key: tuple | None = None,
+                       meta: dict | None = None) -> tuple[Pipeline, float, bool, str | None]:
+    """:func:`fit_pipeline`, and the sha256 of the cache entry's arrays (None when not cached):
+    what :func:`encode_cached` keys the fit's codes on."""
     path = None
     if use_cache and any(s.needs_fit for s in pipe.stages):
         path = fit_cache_path(pipe, calib, calib_key, meta)
         expected = _expected(pipe, calib, calib_key, meta)
         if path.is_file() or path.with_suffix(".json").is_file():
             try:
-                loaded, fit_s = load_entry(path, expected, calib)
-                return loaded, fit_s, True
+                loaded, fit_s, sha = load_entry(path, expected, calib)
+                return loaded, fit_s, True, sha
             except Exception as exc:  # noqa: BLE001 - any unusable entry is refitted and rewritten
                 log.warning(f"fit cache: refitting {expected['spec']}: entry {path.name} is unusable "
                             f"({type(exc).__name__}: {str(exc)[:200]})")
     t0 = time.perf_counter()
     pipe.fit(calib)
     fit_s = time.perf_counter() - t0
+    entry = None
     if path is not None:
         try:
-            save_entry(path, pipe, expected, fit_s, int(pipe.n_train or len(calib)))
+            entry = save_entry(path, pipe, expected, fit_s, int(pipe.n_train or len(calib)))
         except (OSError, Uncacheable, ValueError) as exc:
             log.warning(f"fit cache: {expected['spec']} not cached at {path.parent} ({type(exc).__name__}: {exc}); "
                         "the fit is used as it is")
-    return pipe, fit_s, False
+    return pipe, fit_s, False, entry
+
+
+# ---------------------------------------------------------------------------- codes of a cached fit
+#: Encodes faster than this are not worth a file: only the codes of slow encoders (residual,
+#: local-search and product quantizers, ...) are kept.
+CODES_MIN_S = 0.02
+
+
+def codes_path(entry: str, X: np.ndarray, key: tuple | None = None) -> Path:
+    """Where the codes of ``X`` by the cached fit whose arrays hash to ``entry`` are kept (``key``
+    identifies ``X``, as for :func:`calibration_digest`: hashed once per process)."""
+    h = hashlib.sha256(f"{entry}|{X.shape}|{X.dtype}|{calibration_digest(X, key)}".encode())
+    return settings.cache_dir() / "fitted" / f"{h.hexdigest()[:32]}.codes.npy"
+
+
+def encode_cached(pipe: Pipeline, X: np.ndarray, entry: str | None,
+                  key: tuple | None = None) -> tuple[np.ndarray, float | None]:
+    """(codes of ``X``, encode seconds); the seconds are None when the codes were read from the
+    cache. Encoding is deterministic given the fit and the vectors, so a cached fit's (``entry``,
+    from :func:`fit_pipeline_entry`) codes of the same vectors are kept when the encode took at
+    least ``CODES_MIN_S`` and read back (``allow_pickle=False``, shape and dtype checked) instead of
+    re-encoding; an unreadable or wrong file is re-encoded and rewritten."""
+    path = codes_path(entry, X, key) if entry is not None else None
+    if path is not None and path.is_file():
+        try:
+            codes = np.load(path, allow_pickle=False)
+            if codes.dtype == np.uint8 and codes.shape == (len(X), pipe.bytes_per_vector(X.shape[1])):
+                return codes, None
+            log.warning(f"fit cache: codes {path.name} are {codes.dtype}{codes.shape}; re-encoding")
+        except (OSError, ValueError) as exc:
+            log.warning(f"fit cache: codes {path.name} unreadable ({type(exc).__name__}); re-encoding")
+    t0 = time.perf_counter()
+    codes = pipe.encode(X)
+    seconds = time.perf_counter() - t0
+    if path is not None and seconds >= CODES_MIN_S:
+        try:
+            save_npy(path, codes)
+        except OSError as exc:
+            log.warning(f"fit cache: codes not kept at {path.parent} ({exc})")
+    return codes, seconds
 
 
 def read_sidecars(folder: Path | None = None) -> list[dict[str, Any]]:

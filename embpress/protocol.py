@@ -28,8 +28,11 @@ protocol is ``oblivious``.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,12 +99,22 @@ def check_calibration(cal: str) -> None:
 
 def fold_of(ids: list[str], folds: int, seed: int = FOLD_SEED) -> np.ndarray:
     """Fold index (0..folds-1) of each id: a stable hash of seed and id, so a document stays in its
-    fold whatever else the corpus holds (a sample, a resumed run, another machine)."""
-    out = np.empty(len(ids), dtype=np.int32)
-    for i, name in enumerate(ids):
-        h = hashlib.blake2b(f"{seed}|{name}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(h, "little") % folds
-    return out
+    fold whatever else the corpus holds (a sample, a resumed run, another machine). The last few
+    id lists' folds are remembered (a worker asks for the same corpus's folds cell after cell)."""
+    key = (tuple(ids), folds, seed)
+    if key not in _FOLDS:
+        if len(_FOLDS) >= 8:
+            _FOLDS.pop(next(iter(_FOLDS)))
+        out = np.empty(len(ids), dtype=np.int32)
+        for i, name in enumerate(ids):
+            h = hashlib.blake2b(f"{seed}|{name}".encode(), digest_size=8).digest()
+            out[i] = int.from_bytes(h, "little") % folds
+        out.flags.writeable = False
+        _FOLDS[key] = out
+    return _FOLDS[key]
+
+
+_FOLDS: dict[tuple, np.ndarray] = {}
 
 
 def training_rows(fold_ids: np.ndarray, fold: int, sample: int | None, seed: int = FOLD_SEED) -> np.ndarray:
@@ -125,28 +138,57 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
-def search_folds(pipes: list, fold_ids: np.ndarray, stored: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
-    """Top-k ids over the whole corpus of a cross-fitted cell: each fold's codes searched with its
-    own pipeline (``pipes[f]``), the lists merged by scores put on one scale."""
+def encode_folds(pipes: list, fold_ids: np.ndarray, stored: np.ndarray,
+                 encode: Callable[[int, Any, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The codes a cross-fitted cell stores: every row encoded by its own fold's pipeline
+    (``pipes[f]``), in the rows' order (one call per fold; ``encode(f, pipe, X)`` instead of
+    ``pipe.encode(X)`` when given, e.g. to read the codes from the fit cache)."""
+    codes: np.ndarray | None = None
+    for f, pipe in enumerate(pipes):
+        rows = np.flatnonzero(fold_ids == f)
+        if not len(rows):
+            continue
+        X = np.ascontiguousarray(stored[rows], dtype=np.float32)
+        part = encode(f, pipe, X) if encode is not None else pipe.encode(X)
+        if codes is None:
+            codes = np.empty((len(stored),) + part.shape[1:], dtype=part.dtype)
+        codes[rows] = part
+    if codes is None:
+        raise ValueError("no fold has any rows to encode")
+    return codes
+
+
+def search_folds(pipes: list, fold_ids: np.ndarray, codes: np.ndarray, Q: np.ndarray, k: int,
+                 times: dict[str, float] | None = None) -> np.ndarray:
+    """Top-k ids over the whole corpus of a cross-fitted cell: each fold's codes (``codes`` from
+    :func:`encode_folds`) searched with its own pipeline, the lists merged by scores put on one
+    scale. ``times``, when given, gets the folds' build and search seconds added up
+    (``build_s``, ``search_s``)."""
     parts = []
     for f, pipe in enumerate(pipes):
         rows = np.flatnonzero(fold_ids == f)
         if not len(rows):
             continue
-        scores, local = pipe.search(pipe.encode(stored[rows]), Q, k)
+        t0 = time.perf_counter()
+        searcher = pipe.searcher(codes[rows])
+        t1 = time.perf_counter()
+        scores, local = searcher.search(Q, k)
+        if times is not None:
+            times["build_s"] = times.get("build_s", 0.0) + t1 - t0
+            times["search_s"] = times.get("search_s", 0.0) + time.perf_counter() - t1
         parts.append((pipe.comparable_scores(Q, scores), np.where(local >= 0, rows[np.maximum(local, 0)], -1)))
     return merge_topk(parts, k)[1]
 
 
-def similarity_folds(pipes: list, fold_ids: np.ndarray, stored: np.ndarray, n: int) -> np.ndarray:
-    """STS similarity of every pair of a cross-fitted cell (``stored``: the first sentences, then
-    the second ones), scored by the pipeline of the pair's fold."""
+def similarity_folds(pipes: list, fold_ids: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """STS similarity of every pair of a cross-fitted cell (``codes`` from :func:`encode_folds`:
+    the first sentences, then the second ones), scored by the pipeline of the pair's fold."""
     sim = np.empty(n, dtype=np.float64)
     pair_fold = fold_ids[:n]
     for f, pipe in enumerate(pipes):
         rows = np.flatnonzero(pair_fold == f)
         if len(rows):
-            sim[rows] = pipe.pair_similarity(pipe.encode(stored[rows]), pipe.encode(stored[n + rows]))
+            sim[rows] = pipe.pair_similarity(codes[rows], codes[n + rows])
     return sim
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from compressors.base import cosine_rows, knn_inner_product
 
-from .metrics import knn_recall, retrieval_scores, sts_spearman
+from .metrics import Judgements, knn_recall, retrieval_scores_rows, sts_spearman
 from .protocol import search_folds, similarity_folds
 from .speed import measure_search
 
@@ -42,6 +42,14 @@ class TaskData:
     scores: np.ndarray | None = None
     exact_ids: np.ndarray | None = None
     baseline: dict[str, float] = field(default_factory=dict)
+    _judgements: tuple | None = field(default=None, repr=False, compare=False)
+
+    def judgements(self) -> Judgements:
+        """The judgements as arrays (built once per TaskData: a worker scores many cells with it)."""
+        key = (id(self.qrels), len(self.query_ids), len(self.corpus_ids))
+        if self._judgements is None or self._judgements[0] != key:
+            self._judgements = (key, Judgements.of(self.query_ids, self.corpus_ids, self.qrels or {}))
+        return self._judgements[1]
 
     @classmethod
     def of(cls, ds, vectors: dict[str, np.ndarray], **kwargs: Any) -> "TaskData":
@@ -85,11 +93,13 @@ class Task:
         raise NotImplementedError
 
     # ---- answering and scoring
-    def answer(self, fits, codes: np.ndarray, stored: np.ndarray, data: TaskData, k: int,
-               row: dict[str, Any], timed: bool = True) -> np.ndarray:
-        """The compressed pipeline's answer (cross-fitted folds merged); with ``timed``, the first
-        pipeline's search or scoring is timed on the way, into ``row`` (else the runner's timing
-        pass times it alone, :mod:`embpress.timing`)."""
+    def answer(self, fits, codes: np.ndarray, data: TaskData, k: int, row: dict[str, Any],
+               timed: bool = True) -> np.ndarray:
+        """The compressed pipeline's answer from the cell's stored ``codes`` (a cross-fitted cell's
+        from :func:`embpress.protocol.encode_folds`, merged over its folds). With ``timed`` the
+        calls that make the answer are timed on the way, into ``row``: indicative figures, one
+        measurement beside the other workers (the runner's timing pass measures the cell alone
+        instead, :mod:`embpress.timing`)."""
         raise NotImplementedError
 
     def exact_answer(self, data: TaskData, k: int) -> np.ndarray:
@@ -148,17 +158,20 @@ class NeighboursTask(Task):
     def stored_ids(self, data):
         return data.corpus_ids
 
-    def answer(self, fits, codes, stored, data, k, row, timed=True):
-        pipe, Q = fits.pipes[0], data.vectors["queries"]
+    def answer(self, fits, codes, data, k, row, timed=True):
+        Q = data.vectors["queries"]
         row["n_queries"] = len(Q)
-        if not timed:
-            ids = None if fits.fold_ids is not None else pipe.searcher(codes).search(Q, k)[1]
-        else:
-            speed = measure_search(pipe, codes, Q, k)     # build, batch, single-query latency, memory
-            _, ids = speed.pop("results")
-            row.update(speed)
         if fits.fold_ids is not None:
-            ids = search_folds(fits.pipes, fits.fold_ids, stored, Q, k)
+            times: dict[str, float] = {}
+            ids = search_folds(fits.pipes, fits.fold_ids, codes, Q, k, times)
+            if timed:   # every query over every stored code: the folds' searches added up
+                row.update(times, search_qps=len(Q) / max(times["search_s"], 1e-9))
+            return ids
+        if not timed:
+            return fits.pipes[0].searcher(codes).search(Q, k)[1]
+        speed = measure_search(fits.pipes[0], codes, Q, k, repeats=1, single=0)   # the one batch call quality needs
+        ids = speed.pop("results")[1]
+        row.update({c: v for c, v in speed.items() if not c.endswith("_spread")})
         return ids
 
     def exact_answer(self, data, k):
@@ -198,8 +211,7 @@ class RetrievalTask(NeighboursTask):
     def score(self, answer, data):
         per_query = super().score(answer, data)
         if data.qrels is not None:
-            ranked = [[data.corpus_ids[j] for j in r if j >= 0] for r in answer]
-            per_query.update(retrieval_scores(ranked, data.query_ids, data.qrels))
+            per_query.update(retrieval_scores_rows(answer, data.judgements()))
         return per_query
 
 
@@ -230,15 +242,15 @@ class STSTask(Task):
         pairs = [f"pair:{i}" for i in range(len(data.vectors["sentences1"]))]
         return pairs + pairs
 
-    def answer(self, fits, codes, stored, data, k, row, timed=True):
+    def answer(self, fits, codes, data, k, row, timed=True):
         n = len(data.scores)
-        pipe = fits.pipes[0]
         t0 = time.perf_counter()
-        sim = pipe.pair_similarity(codes[:n], codes[n:])
+        if fits.fold_ids is not None:
+            sim = similarity_folds(fits.pipes, fits.fold_ids, codes, n)
+        else:
+            sim = fits.pipes[0].pair_similarity(codes[:n], codes[n:])
         if timed:
             row["score_s"] = time.perf_counter() - t0
-        if fits.fold_ids is not None:
-            sim = similarity_folds(fits.pipes, fits.fold_ids, stored, n)
         row["n_queries"] = n
         return sim
 

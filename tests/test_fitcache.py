@@ -169,3 +169,35 @@ def test_unwritable_cache_fits_and_warns(vectors, monkeypatch, caplog):
         pipe, _, cached = fit_pipeline(parse_spec("PCA16,SQ8"), vectors)
     assert not cached and pipe.encode(vectors[:2]).shape == (2, 16)
     assert any("not cached at /sys/embpress-cache/fitted" in r.message for r in caplog.records)
+
+
+def test_codes_of_a_cached_fit_are_kept_and_read_back(vectors, cache, monkeypatch, caplog):
+    """A slow encode's codes are kept next to the fit they came from and read back (no pickle,
+    shape checked) instead of re-encoding; other vectors, another fit or an uncached fit get
+    none; a damaged codes file is re-encoded and rewritten."""
+    monkeypatch.setattr(fitcache, "CODES_MIN_S", 0.0)
+    pipe, _, cached, entry = fitcache.fit_pipeline_entry(parse_spec("PQ8x8:niter=3"), vectors)
+    assert not cached and entry is not None
+    X = vectors[:200]
+    codes, seconds = fitcache.encode_cached(pipe, X, entry)
+    assert seconds is not None and fitcache.codes_path(entry, X).is_file()
+    again, seconds2 = fitcache.encode_cached(pipe, X, entry)
+    assert seconds2 is None and np.array_equal(again, codes)
+    assert fitcache.encode_cached(pipe, vectors[200:400], entry)[1] is not None     # other vectors
+    loaded, _, cached, entry2 = fitcache.fit_pipeline_entry(parse_spec("PQ8x8:niter=3"), vectors)
+    assert cached and entry2 == entry and fitcache.encode_cached(loaded, X, entry2)[1] is None
+    other, _, _, entry3 = fitcache.fit_pipeline_entry(parse_spec("PQ4x8:niter=3"), vectors)
+    assert entry3 != entry and fitcache.encode_cached(other, X, entry3)[1] is not None
+    assert fitcache.encode_cached(pipe, X, None)[1] is not None                     # no cache entry
+    np.save(fitcache.codes_path(entry, X), codes[:, :3])                             # wrong width
+    with caplog.at_level(logging.WARNING, logger="embpress"):
+        fixed, seconds3 = fitcache.encode_cached(pipe, X, entry)
+    assert seconds3 is not None and np.array_equal(fixed, codes) and "re-encoding" in caplog.text
+    assert fitcache.encode_cached(pipe, X, entry)[1] is None                         # rewritten
+
+
+def test_encodes_faster_than_the_threshold_are_not_kept(vectors, cache, monkeypatch):
+    monkeypatch.setattr(fitcache, "CODES_MIN_S", 1e9)
+    pipe, _, _, entry = fitcache.fit_pipeline_entry(parse_spec("PCA16,SQ8"), vectors)
+    assert fitcache.encode_cached(pipe, vectors[:50], entry)[1] is not None
+    assert not fitcache.codes_path(entry, vectors[:50]).exists()

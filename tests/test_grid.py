@@ -63,7 +63,9 @@ def test_expand_with_axes_and_fixed_specs():
     assert {c.budget for c in cells[1:]} == {16, 32}
 
 
-@pytest.mark.parametrize("name", ["quick", "default", "full", "encoder_variants"])
+# encoder_variants' trim-<dataset> variants read their dataset's training split when planned
+@pytest.mark.parametrize("name", ["quick", "default", "full",
+                                  pytest.param("encoder_variants", marks=pytest.mark.integration)])
 def test_shipped_grids_are_valid_and_default_covers_every_family_at_6_budgets(name):
     from collections import Counter
     from embpress.grid import load_grid

@@ -12,7 +12,7 @@ from compressors.registry import stage_classes
 from embpress.cells import CellTask, fit_cell
 from embpress.fitcache import fit_cache_path
 from embpress.protocol import (DEPLOYMENT_VECTORS, amortised_bytes, fold_of, merge_topk, parse_calibration,
-                               search_folds, similarity_folds,
+                               encode_folds, search_folds, similarity_folds,
                                training_rows)
 
 LEARNED = ["SQ8", "PCA16", "PCA16,SQ8", "PCA16:whiten=1,SQ8", "PQ8x8", "OPQ8,PQ8x8", "RQ4x8", "LSQ4x4",
@@ -93,7 +93,7 @@ def test_shifted_mean_folds_merge_on_one_scale(spec):
     # each fold's pipeline is fitted on the *other* fold, whose mean differs
     pipes = [parse_spec(spec).fit(X[fold_ids != f]) for f in (0, 1)]
     Q = _unit(rng, 25, d) + 0.3 * shift
-    ids = search_folds(pipes, fold_ids, X, Q, 20)
+    ids = search_folds(pipes, fold_ids, encode_folds(pipes, fold_ids, X), Q, 20)
     decoded = np.empty_like(X)
     for f, pipe in enumerate(pipes):
         rows = fold_ids == f
@@ -187,7 +187,7 @@ def test_sts_pairs_never_straddle_folds():
     assert len(stored) == 2 * n and np.array_equal(folds[:n], folds[n:])
     assert set(folds) == {0, 1, 2}
     pipes = [parse_spec("PCA16,SQ8").fit(stored[np.concatenate([folds[:n], folds[:n]]) != f]) for f in range(3)]
-    sim = similarity_folds(pipes, folds, stored, n)
+    sim = similarity_folds(pipes, folds, encode_folds(pipes, folds, stored), n)
     for i in (0, 17, 499):
         p = pipes[folds[i]]
         want = p.pair_similarity(p.encode(stored[[i]]), p.encode(stored[[n + i]]))[0]

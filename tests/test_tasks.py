@@ -36,7 +36,7 @@ def _cell(task, data, spec, k=20):
     stored = task.stored_vectors(data.vectors)
     pipe = parse_spec(spec).fit(stored)
     row: dict = {}
-    answer = task.answer(Fits("in-sample", [pipe]), pipe.encode(stored), stored, data, k, row)
+    answer = task.answer(Fits("in-sample", [pipe]), pipe.encode(stored), data, k, row)
     per_query = task.score(answer, data)
     return row, per_query, task.summarise(per_query, data)
 
@@ -72,8 +72,27 @@ def test_retrieval_scores_are_the_metric_functions(synthetic):
     ranked = [[data.corpus_ids[j] for j in r] for r in arrays["exact_ids"]]
     direct = retrieval_scores(ranked, data.query_ids, data.qrels)
     for m in ("ndcg_at_10", "recall_at_100", "mrr_at_10"):
-        assert baseline[m] == float(direct[m].mean())
-    assert baseline["ndcg_at_10"] == 100.0       # the judged documents are the exact nearest ones
+        assert baseline[m] == pytest.approx(float(direct[m].mean()), abs=1e-12)
+    assert baseline["ndcg_at_10"] == pytest.approx(100.0)   # the judged documents are the exact nearest ones
+
+
+def test_vectorised_retrieval_scores_equal_the_per_query_ones():
+    """Graded judgements, judged documents missing from the corpus, unjudged queries, and missing
+    results (-1) anywhere in a row: the row-index scorer gives what the id-list scorer gives."""
+    from embpress.metrics import Judgements, retrieval_scores_rows
+    rng = np.random.default_rng(5)
+    corpus = [f"d{j}" for j in range(300)]
+    queries = [f"q{i}" for i in range(60)]
+    qrels = {q: {f"d{j}": int(rng.integers(0, 3)) for j in rng.choice(320, rng.integers(1, 15), replace=False)}
+             for q in queries[:55]}                  # d300.. are judged but not in the corpus; q55.. unjudged
+    answer = np.stack([rng.permutation(300)[:120] for _ in queries])
+    answer[rng.random(answer.shape) < 0.05] = -1
+    ranked = [[corpus[j] for j in r if j >= 0] for r in answer]
+    want = retrieval_scores(ranked, queries, qrels)
+    got = retrieval_scores_rows(answer, Judgements.of(queries, corpus, qrels))
+    for m in want:
+        np.testing.assert_allclose(got[m], want[m], rtol=0, atol=1e-10)
+    assert want["ndcg_at_10"].std() > 0 and (want["mrr_at_10"] > 0).any() and (want["recall_at_100"] == 0).any()
 
 
 def test_sts_stores_pairs_whole(synthetic):

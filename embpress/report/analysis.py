@@ -279,11 +279,12 @@ def timing_words(timed: pd.DataFrame) -> str:
     if modes == {"isolated"}:
         threads = pd.to_numeric(timed.get("timing_threads"), errors="coerce").max()
         repeats = pd.to_numeric(timed.get("timing_repeats"), errors="coerce").max()
-        from ..timing import TimingConfig
-        return (f", each cell timed alone after the grid on {threads:.0f} thread(s), medians of {repeats:.0f} "
-                f"(batch throughput over up to {TimingConfig().batch_queries} queries)")
+        batch = pd.to_numeric(timed.get("search_batch"), errors="coerce").max()
+        return (f", each cell timed alone after the grid on {threads:.0f} thread(s), medians of {repeats:.0f} rounds"
+                + (f" (batch throughput over {batch:.0f} queries)" if pd.notna(batch) else ""))
     if "indicative" in modes or not modes:
-        return ", timed inside the grid's workers beside each other (indicative: run without --no-timing for isolated times)"
+        return (", timed once inside the grid's workers beside each other, as they computed the quality "
+                "(indicative: run without --no-timing for isolated times)")
     return ", some cells timed alone, others beside other workers"
 
 
