@@ -61,7 +61,7 @@ def _add_run(sub) -> None:
                    help="skip the timing pass: encode/search times are the workers' side-by-side ones, "
                         "marked indicative (quicker)")
     r.add_argument("--timing-repeats", type=int, default=3, metavar="N",
-                   help="timed samples per figure in the timing pass (medians and spreads; default 3)")
+                   help="rounds of the timing pass: each cell is timed once per round (medians and spreads; default 3)")
     r.add_argument("--timing-threads", type=int, default=1, metavar="N",
                    help="threads while timing (default 1)")
     r.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask, tcp://HOST:8786")

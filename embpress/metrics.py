@@ -171,7 +171,7 @@ def retrieval_scores_rows(answer: np.ndarray, judged: Judgements) -> dict[str, n
         recall = np.where(judged.n_rel > 0, (rels > 0).sum(axis=1) / judged.n_rel, 0.0)
     hit = top > 0
     first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-    mrr = np.where(first >= 0, 1.0 / (first + 1), 0.0)
+    mrr = np.where(first >= 0, 1.0 / np.maximum(first + 1, 1), 0.0)
     return {"ndcg_at_10": 100 * ndcg, "recall_at_100": 100 * recall, "mrr_at_10": 100 * mrr}
 
 

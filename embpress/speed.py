@@ -28,7 +28,7 @@ import os
 import statistics
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import faiss
@@ -117,13 +117,14 @@ def _timed(fn, *args) -> tuple[float, Any]:
 
 
 def single_query_latency(searcher, Q: np.ndarray, k: int, *, single: int = 200, warmup: int = 10,
-                         repeats: int = 3) -> tuple[float, float, float]:
+                         repeats: int = 3, pinned: bool = False) -> tuple[float, float, float]:
     """(p50, p99) in milliseconds of one-query searches on one thread, medians over the repeats,
-    and the spread of the rounds' p50s."""
+    and the spread of the rounds' p50s. ``pinned``: the caller already runs on one thread (no
+    thread-pool switch around the calls)."""
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     rows = [Q[i % len(Q)][None] for i in range(single)]
     p50s, p99s = [], []
-    with one_thread():
+    with (nullcontext() if pinned else one_thread()):
         for q in rows[:warmup]:
             searcher.search(q, k)
         for _ in range(repeats):

@@ -85,10 +85,12 @@ class TimingConfig:
 
 
 # ---------------------------------------------------------------------------- one cell, one round
-def _sample(fn: Callable, number: int | None, min_s: float = MIN_SAMPLE_S) -> tuple[float, int]:
+def _sample(fn: Callable, number: int | None, min_s: float = MIN_SAMPLE_S, warm_slow: bool = True) -> tuple[float, int]:
     """(seconds per call, calls per sample) of one timed sample of ``fn`` after an untimed call.
     ``number`` None: found as ``timeit``'s autorange does (calls multiplied by 4 until a sample
-    lasts ``min_s``; those calls warm up); else that many calls."""
+    lasts ``min_s``; those calls warm up); else that many calls. ``warm_slow`` False: no untimed
+    call when one call lasts a whole sample (a stateless call of 5 ms or more, e.g. an encode,
+    gains nothing measurable from it)."""
     if number is None:
         number = 1
         while True:
@@ -98,7 +100,7 @@ def _sample(fn: Callable, number: int | None, min_s: float = MIN_SAMPLE_S) -> tu
             if time.perf_counter() - t0 >= min_s or number >= 1024:
                 break
             number *= 4
-    else:
+    elif number > 1 or warm_slow:
         fn()
     t0 = time.perf_counter()
     for _ in range(number):
@@ -120,20 +122,20 @@ class CellTimer:
     samples: dict[str, list[float]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
 
-    def _add(self, name: str, fn: Callable) -> None:
-        seconds, self.number[name] = _sample(fn, self.number.get(name))
+    def _add(self, name: str, fn: Callable, warm_slow: bool = True) -> None:
+        seconds, self.number[name] = _sample(fn, self.number.get(name), warm_slow=warm_slow)
         self.samples.setdefault(name, []).append(seconds)
 
     def round(self, cfg: TimingConfig) -> None:
         """One sample of everything this cell is timed for (the caller pins threads)."""
         from .speed import RssPeak, single_query_latency
         X = np.ascontiguousarray(self.stored[:cfg.encode_rows], dtype=np.float32)
-        self._add("encode", lambda: self.pipe.encode(X))
+        self._add("encode", lambda: self.pipe.encode(X), warm_slow=False)
         self.fixed["encode_rows"] = len(X)
         if not self.searches:
             n = min(self.n_pairs, cfg.score_pairs)
             A, B = self.codes[:n], self.codes[self.n_pairs:self.n_pairs + n]
-            self._add("score", lambda: self.pipe.pair_similarity(A, B))
+            self._add("score", lambda: self.pipe.pair_similarity(A, B), warm_slow=False)
             self.fixed["score_pairs"] = n
             return
         Q = np.ascontiguousarray(self.queries[:cfg.batch_queries], dtype=np.float32)
@@ -142,7 +144,8 @@ class CellTimer:
         self.samples.setdefault("build", []).append(time.perf_counter() - t0)
         with RssPeak() as rss:
             self._add("search", lambda: searcher.search(Q, self.k))
-        p50, p99, _ = single_query_latency(searcher, Q, self.k, single=cfg.single, warmup=LATENCY_WARMUP, repeats=1)
+        p50, p99, _ = single_query_latency(searcher, Q, self.k, single=cfg.single, warmup=LATENCY_WARMUP, repeats=1,
+                                           pinned=cfg.threads == 1)
         self.samples.setdefault("p50", []).append(p50)
         self.samples.setdefault("p99", []).append(p99)
         self.samples.setdefault("speed", []).append(time.perf_counter() - t0)
@@ -175,6 +178,9 @@ def faiss_threads() -> int:
     return int(faiss.omp_get_max_threads())
 
 
+_STORED: dict[str, Any] = {}
+
+
 def load_cell(task, run_dir: Path) -> CellTimer:
     """What the pass needs of one finished cell: its fitted pipeline and stored codes from the run
     folder (or, when the worker's file is missing, e.g. a resumed run, refitted the same way)."""
@@ -184,12 +190,14 @@ def load_cell(task, run_dir: Path) -> CellTimer:
     from .protocol import encode_folds
     ctx = context_for(task)
     kind = task_of(ctx.task)
-    stored, ids = kind.stored_vectors(ctx.vectors), kind.stored_ids(ctx)
+    if _STORED.get("ctx") is not ctx:       # the cells of one dataset share their stored vectors
+        _STORED.update(ctx=ctx, stored=kind.stored_vectors(ctx.vectors))
+    stored = _STORED["stored"]
     path = RunFolder(run_dir).fitted(task.cell_id)
     if path.is_file():
         pipe, codes = load_fitted(path, parse_spec(task.compressor).to_spec())
     else:
-        fits = fit_cell(task, parse_spec(task.compressor), stored, ids)
+        fits = fit_cell(task, parse_spec(task.compressor), stored, kind.stored_ids(ctx))
         pipe = fits.pipes[0]
         codes = (encode_folds(fits.pipes, fits.fold_ids, stored) if fits.fold_ids is not None
                  else pipe.encode(np.asarray(stored, dtype=np.float32)))
