@@ -27,6 +27,10 @@ per second); ``encode_spread``, ``search_spread``, ``latency_spread`` and ``scor
 interquartile ranges of the rounds over their medians (:func:`embpress.speed.spread`), what
 ``embpress compare`` must see exceeded before it calls a change a regression.
 
+Between rounds the pass keeps the cells' pipelines and codes in memory up to ``HOLD_BYTES`` of codes
+(1 GiB; the default grid holds 458 MiB) and reads the others again from their hand-off files in each
+round (:class:`HeldCells`).
+
 The cells' figures are appended to ``timings.jsonl`` in the run folder when the last round ends
 and merged into the rows when the table is written; the row's ``timing`` column says
 ``isolated``. A run killed during the pass keeps its quality rows; ``--resume`` times the cells
@@ -111,9 +115,9 @@ def _sample(fn: Callable, number: int | None, min_s: float = MIN_SAMPLE_S, warm_
 @dataclass
 class CellTimer:
     """One cell's fitted pipeline, its stored codes and inputs, and its samples so far."""
-    pipe: Any
+    pipe: Any                  # None between rounds when the pass gave it back (HeldCells)
     stored: np.ndarray
-    codes: np.ndarray
+    codes: Any                 # the stored codes (np.ndarray), None with the pipeline
     searches: bool
     queries: np.ndarray | None
     n_pairs: int
@@ -121,6 +125,7 @@ class CellTimer:
     number: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
+    from_file: bool = True     # loaded from the worker's hand-off file (False: refitted here)
 
     def _add(self, name: str, fn: Callable, warm_slow: bool = True) -> None:
         seconds, self.number[name] = _sample(fn, self.number.get(name), warm_slow=warm_slow)
@@ -202,7 +207,48 @@ def load_cell(task, run_dir: Path) -> CellTimer:
         codes = (encode_folds(fits.pipes, fits.fold_ids, stored) if fits.fold_ids is not None
                  else pipe.encode(np.asarray(stored, dtype=np.float32)))
     n_pairs = len(ctx.scores) if ctx.scores is not None else 0
-    return CellTimer(pipe, stored, codes, kind.searches, ctx.vectors.get("queries"), n_pairs, task.k)
+    return CellTimer(pipe, stored, codes, kind.searches, ctx.vectors.get("queries"), n_pairs, task.k,
+                     from_file=path.is_file())
+
+
+#: Codes the pass keeps in memory from one round to the next; the cells beyond are read again from
+#: their hand-off files in every round, so a grid of large corpora does not hold every cell's codes.
+HOLD_BYTES = 1 << 30
+
+
+class HeldCells:
+    """The pass's cells between rounds: each is loaded in the first round and kept while the codes
+    kept stay within ``hold_bytes``; the others give their pipeline and codes back after each round
+    and are loaded again (their samples carry over). A cell refitted here (no hand-off file) is
+    always kept: loading it again would refit it."""
+
+    def __init__(self, run_dir: Path, hold_bytes: int | None = None):
+        self.run_dir, self.left = run_dir, HOLD_BYTES if hold_bytes is None else hold_bytes
+        self.cells: dict[str, CellTimer] = {}
+        self.kept: set[str] = set()
+        self.loads = 0
+
+    def get(self, task) -> CellTimer:
+        cell = self.cells.get(task.cell_id)
+        if cell is not None and cell.pipe is not None:
+            return cell
+        fresh = load_cell(task, self.run_dir)
+        self.loads += 1
+        if cell is not None:
+            fresh.number, fresh.samples, fresh.fixed = cell.number, cell.samples, cell.fixed
+        self.cells[task.cell_id] = fresh
+        return fresh
+
+    def done_round(self, cell_id: str) -> None:
+        cell = self.cells[cell_id]
+        if cell_id in self.kept:
+            return
+        size = int(cell.codes.nbytes)
+        if size <= self.left or not cell.from_file:
+            self.left -= size
+            self.kept.add(cell_id)
+        else:
+            cell.pipe = cell.codes = None
 
 
 # ---------------------------------------------------------------------------- the pass
@@ -224,18 +270,18 @@ def timing_pass(tasks: list, writer, cfg: TimingConfig, progress: bool = True,
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo) * cfg.repeats, unit="cell", desc="timing", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
-    cells: dict[str, CellTimer] = {}
+    held = HeldCells(writer.dir)
+    cells = held.cells
     failed: dict[str, str] = {}
     try:
         with config_context(assume_finite=True):
-            for r in range(cfg.repeats):
+            for _ in range(cfg.repeats):
                 for task in todo:
                     if task.cell_id in failed:
                         continue
                     try:
-                        if r == 0:
-                            cells[task.cell_id] = load_cell(task, writer.dir)
-                        cells[task.cell_id].round(cfg)
+                        held.get(task).round(cfg)
+                        held.done_round(task.cell_id)
                     except (ValueError, RuntimeError, MemoryError, OSError) as exc:
                         failed[task.cell_id] = f"{task.dataset_label} {task.compressor}: {type(exc).__name__}: {exc}"
                         cells.pop(task.cell_id, None)

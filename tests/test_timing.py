@@ -134,6 +134,21 @@ def test_timing_pass_times_every_cell_alone(scifact_sample, tmp_path):
     assert meta["timing"]["enabled"] and meta["timing_wall_s"] > 0
 
 
+def test_cells_beyond_the_memory_budget_are_reloaded_each_round(scifact_sample, tmp_path, monkeypatch):
+    """With no codes allowed in memory between rounds, every cell is read again from its hand-off
+    file in every round, and its samples carry over: the same figures, three rounds each."""
+    from embpress import timing
+    loads = []
+    real = timing.load_cell
+    monkeypatch.setattr(timing, "HOLD_BYTES", 0)
+    monkeypatch.setattr(timing, "load_cell", lambda task, run_dir: loads.append(task.cell_id) or real(task, run_dir))
+    df, run_dir = _run(tmp_path, "reloaded", True)
+    assert (df["timing"] == "isolated").all() and (df["timing_repeats"] == 3).all()
+    assert df["encode_spread"].notna().all() and (df["encode_vps"] > 0).all()
+    assert sorted(loads) == sorted(list(df["cell_id"]) * 3)
+    assert not (run_dir / "fitted").exists()
+
+
 def test_a_burst_of_load_in_one_round_moves_no_median():
     """Rounds: every cell is sampled once per round, so load from elsewhere that lasts less than a
     round lands in one sample of a cell; the median ignores it and the spread shows it."""
