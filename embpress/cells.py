@@ -195,7 +195,7 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     row: dict[str, Any] = {"cell_id": task.cell_id, "model": task.model, "dataset": task.dataset_label,
                            "task": ctx.task, "compressor": task.compressor, "status": "ok",
                            "budget": task.budget, "template": task.template, "worker_pid": os.getpid()}
-    stored, ids = kind.stored_vectors(ctx.vectors), kind.stored_ids(ctx)
+    stored, ids = ctx.stored(), kind.stored_ids(ctx)
     row["calibration"] = kind.stored if task.calibration == "corpus" else task.calibration
     dim = stored.shape[1]
     row["dim"] = dim
@@ -221,14 +221,11 @@ def evaluate(task: CellTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return row, per_query
 
 
-def _encode(task: CellTask, row: dict[str, Any], fits: Fits, stored: np.ndarray) -> np.ndarray:
-    """The codes the cell stores, checked against the declared width: every stored vector encoded
-    by the one pipeline, or (cross-fitted) by its own fold's pipeline; a cached fit's codes of the
-    same vectors come from the fit cache (:func:`embpress.fitcache.encode_cached`).
-
-    Unless the timing pass will time the first pipeline's encode alone, the encode is timed here
-    (indicative): these calls, or, when any codes came from the cache, one call on the first
-    ``ENCODE_SAMPLE_ROWS`` stored vectors."""
+def stored_codes(task: CellTask, fits: Fits, stored: np.ndarray) -> tuple[np.ndarray, list[float | None]]:
+    """The codes the cell stores: every stored vector encoded by the one pipeline, or
+    (cross-fitted) by its own fold's pipeline; a cached fit's codes of the same vectors come from
+    the fit cache (:func:`embpress.fitcache.encode_cached`). Also the seconds of each encode call
+    (None for codes read from the cache)."""
     seconds: list[float | None] = []
 
     def encode(f: int, pipe: Pipeline, X: np.ndarray) -> np.ndarray:
@@ -238,9 +235,15 @@ def _encode(task: CellTask, row: dict[str, Any], fits: Fits, stored: np.ndarray)
         return codes
 
     if fits.fold_ids is not None:
-        codes = encode_folds(fits.pipes, fits.fold_ids, stored, encode)
-    else:
-        codes = encode(0, fits.pipes[0], np.ascontiguousarray(stored, dtype=np.float32))
+        return encode_folds(fits.pipes, fits.fold_ids, stored, encode), seconds
+    return encode(0, fits.pipes[0], np.ascontiguousarray(stored, dtype=np.float32)), seconds
+
+
+def _encode(task: CellTask, row: dict[str, Any], fits: Fits, stored: np.ndarray) -> np.ndarray:
+    """:func:`stored_codes`, checked against the declared width. Unless the timing pass will time
+    the first pipeline's encode alone, the encode is timed here (indicative): those calls, or, when
+    any codes came from the cache, one call on the first ``ENCODE_SAMPLE_ROWS`` stored vectors."""
+    codes, seconds = stored_codes(task, fits, stored)
     if codes.dtype != np.uint8 or codes.shape != (len(stored), row["bytes_per_vector"]):
         raise RuntimeError(f"{task.compressor}: codes {codes.dtype}{codes.shape} do not match the declared "
                            f"{row['bytes_per_vector']} bytes per vector")

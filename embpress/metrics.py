@@ -106,32 +106,10 @@ def console_columns() -> dict[str, str]:
     return {m: METRICS[m].short for kind in KINDS for m in of_kind(kind) if METRICS[m].short}
 
 
-def retrieval_scores(ranked_ids: list[list[str]], query_ids: list[str],
-                     qrels: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
-    """Per-query nDCG@10, Recall@100 and MRR@10 (x100) for ranked document-id lists."""
-    n = len(query_ids)
-    ndcg, recall, mrr = np.zeros(n), np.zeros(n), np.zeros(n)
-    discounts = 1.0 / np.log2(np.arange(2, 102))
-    for i, (qid, ranked) in enumerate(zip(query_ids, ranked_ids)):
-        judged = qrels.get(qid, {})
-        rels = [judged.get(d, 0) for d in ranked[:100]]
-        gains10 = np.asarray(rels[:10], dtype=float)
-        dcg = float((gains10 * discounts[: len(gains10)]).sum())
-        ideal = np.sort(np.asarray([r for r in judged.values() if r > 0], dtype=float))[::-1][:10]
-        idcg = float((ideal * discounts[: len(ideal)]).sum())
-        ndcg[i] = dcg / idcg if idcg > 0 else 0.0
-        n_rel = sum(1 for r in judged.values() if r > 0)
-        recall[i] = sum(1 for r in rels if r > 0) / n_rel if n_rel else 0.0
-        first = next((rank for rank, r in enumerate(rels[:10]) if r > 0), None)
-        mrr[i] = 1.0 / (first + 1) if first is not None else 0.0
-    return {"ndcg_at_10": 100 * ndcg, "recall_at_100": 100 * recall, "mrr_at_10": 100 * mrr}
-
-
 @dataclass(frozen=True)
 class Judgements:
     """A retrieval dataset's judgements as arrays, to score ranked row indices without a Python
-    loop per query (:func:`retrieval_scores_rows`: the figures :func:`retrieval_scores` gives the
-    same rankings as ids)."""
+    loop per query (:func:`retrieval_scores_rows`)."""
     rel: np.ndarray        # (queries, documents + 1) graded relevance; the last column (index -1) is 0
     idcg10: np.ndarray     # ideal DCG@10 of each query, from every positive judgement
     n_rel: np.ndarray      # positive judgements of each query (documents outside the corpus included)
@@ -154,8 +132,9 @@ class Judgements:
 
 
 def retrieval_scores_rows(answer: np.ndarray, judged: Judgements) -> dict[str, np.ndarray]:
-    """:func:`retrieval_scores` of ranked corpus row indices (``answer``, -1 for no result, dropped
-    as the id lists drop them), vectorised over queries."""
+    """Per-query nDCG@10 (gain = graded relevance), Recall@100 and MRR@10 (x100) of ranked corpus
+    row indices (``answer``; -1 for no result, dropped: the later results move up), vectorised
+    over queries. Equal to pytrec_eval's (``tests/test_metrics.py``)."""
     answer = np.asarray(answer)
     valid = answer >= 0
     if not valid.all():          # a missing result moves the later ones up, as in the id lists
@@ -173,6 +152,18 @@ def retrieval_scores_rows(answer: np.ndarray, judged: Judgements) -> dict[str, n
     first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
     mrr = np.where(first >= 0, 1.0 / np.maximum(first + 1, 1), 0.0)
     return {"ndcg_at_10": 100 * ndcg, "recall_at_100": 100 * recall, "mrr_at_10": 100 * mrr}
+
+
+def retrieval_scores(ranked_ids: list[list[str]], query_ids: list[str],
+                     qrels: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
+    """Per-query nDCG@10, Recall@100 and MRR@10 (x100) for ranked document-id lists:
+    :func:`retrieval_scores_rows` over the documents the lists name."""
+    docs = list(dict.fromkeys(d for ranked in ranked_ids for d in ranked))
+    row = {d: j for j, d in enumerate(docs)}
+    answer = np.full((len(ranked_ids), max([len(r) for r in ranked_ids] + [1])), -1, dtype=np.int64)
+    for i, ranked in enumerate(ranked_ids):
+        answer[i, :len(ranked)] = [row[d] for d in ranked]
+    return retrieval_scores_rows(answer, Judgements.of(query_ids, docs, qrels))
 
 
 def knn_recall(found: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:

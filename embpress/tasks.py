@@ -42,14 +42,21 @@ class TaskData:
     scores: np.ndarray | None = None
     exact_ids: np.ndarray | None = None
     baseline: dict[str, float] = field(default_factory=dict)
-    _judgements: tuple | None = field(default=None, repr=False, compare=False)
+    _judgements: Judgements | None = field(default=None, repr=False, compare=False)
+    _stored: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def judgements(self) -> Judgements:
-        """The judgements as arrays (built once per TaskData: a worker scores many cells with it)."""
-        key = (id(self.qrels), len(self.query_ids), len(self.corpus_ids))
-        if self._judgements is None or self._judgements[0] != key:
-            self._judgements = (key, Judgements.of(self.query_ids, self.corpus_ids, self.qrels or {}))
-        return self._judgements[1]
+        """The judgements as arrays, built once (a worker scores many cells with them)."""
+        if self._judgements is None:
+            self._judgements = Judgements.of(self.query_ids, self.corpus_ids, self.qrels or {})
+        return self._judgements
+
+    def stored(self) -> np.ndarray:
+        """What a cell stores (``Task.stored_vectors``), built once: an STS set's two sides are
+        concatenated here, not once per cell."""
+        if self._stored is None:
+            self._stored = task_of(self.task).stored_vectors(self.vectors)
+        return self._stored
 
     @classmethod
     def of(cls, ds, vectors: dict[str, np.ndarray], **kwargs: Any) -> "TaskData":

@@ -133,6 +133,8 @@ class CellTimer:
 
     def round(self, cfg: TimingConfig) -> None:
         """One sample of everything this cell is timed for (the caller pins threads)."""
+        import faiss
+
         from .speed import RssPeak, single_query_latency
         X = np.ascontiguousarray(self.stored[:cfg.encode_rows], dtype=np.float32)
         self._add("encode", lambda: self.pipe.encode(X), warm_slow=False)
@@ -156,7 +158,7 @@ class CellTimer:
         self.samples.setdefault("speed", []).append(time.perf_counter() - t0)
         peak = max(self.fixed.get("search_rss_delta_bytes") or 0, rss.delta or 0)
         self.fixed.update(search_kernel=searcher.kernel, search_bytes=int(searcher.nbytes),
-                          search_rss_delta_bytes=peak, search_threads=faiss_threads(), search_batch=len(Q))
+                          search_rss_delta_bytes=peak, search_threads=faiss.omp_get_max_threads(), search_batch=len(Q))
 
     def figures(self, cfg: TimingConfig) -> dict[str, Any]:
         """The row's timing columns: medians over the rounds and their spreads."""
@@ -178,34 +180,21 @@ class CellTimer:
         return out
 
 
-def faiss_threads() -> int:
-    import faiss
-    return int(faiss.omp_get_max_threads())
-
-
-_STORED: dict[str, Any] = {}
-
-
 def load_cell(task, run_dir: Path) -> CellTimer:
     """What the pass needs of one finished cell: its fitted pipeline and stored codes from the run
     folder (or, when the worker's file is missing, e.g. a resumed run, refitted the same way)."""
     from compressors import parse_spec
 
-    from .cells import context_for, fit_cell
-    from .protocol import encode_folds
+    from .cells import context_for, fit_cell, stored_codes
     ctx = context_for(task)
     kind = task_of(ctx.task)
-    if _STORED.get("ctx") is not ctx:       # the cells of one dataset share their stored vectors
-        _STORED.update(ctx=ctx, stored=kind.stored_vectors(ctx.vectors))
-    stored = _STORED["stored"]
+    stored = ctx.stored()
     path = RunFolder(run_dir).fitted(task.cell_id)
     if path.is_file():
         pipe, codes = load_fitted(path, parse_spec(task.compressor).to_spec())
     else:
         fits = fit_cell(task, parse_spec(task.compressor), stored, kind.stored_ids(ctx))
-        pipe = fits.pipes[0]
-        codes = (encode_folds(fits.pipes, fits.fold_ids, stored) if fits.fold_ids is not None
-                 else pipe.encode(np.asarray(stored, dtype=np.float32)))
+        pipe, codes = fits.pipes[0], stored_codes(task, fits, stored)[0]
     n_pairs = len(ctx.scores) if ctx.scores is not None else 0
     return CellTimer(pipe, stored, codes, kind.searches, ctx.vectors.get("queries"), n_pairs, task.k,
                      from_file=path.is_file())
@@ -226,14 +215,12 @@ class HeldCells:
         self.run_dir, self.left = run_dir, HOLD_BYTES if hold_bytes is None else hold_bytes
         self.cells: dict[str, CellTimer] = {}
         self.kept: set[str] = set()
-        self.loads = 0
 
     def get(self, task) -> CellTimer:
         cell = self.cells.get(task.cell_id)
         if cell is not None and cell.pipe is not None:
             return cell
         fresh = load_cell(task, self.run_dir)
-        self.loads += 1
         if cell is not None:
             fresh.number, fresh.samples, fresh.fixed = cell.number, cell.samples, cell.fixed
         self.cells[task.cell_id] = fresh
